@@ -1,0 +1,3 @@
+from pema_export.cli import main
+
+raise SystemExit(main())

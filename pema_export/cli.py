@@ -1,0 +1,128 @@
+"""Command line: argument parsing only. Our errors become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from pema_export.errors import PemaError
+
+EXIT_USAGE = 2
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pema-export",
+        description="Prune a text model's vocabulary to an app's corpus, fine-tune with a partial embedding "
+        "(when the corpus is labelled), and export a verified ONNX bundle.",
+        epilog="Other commands: pema-export targets (list target profiles).",
+    )
+    parser.add_argument("--model", help="local model folder, Hugging Face hub id, or alias (distilbert, bert, minilm); "
+                        "default: the embedded all-MiniLM-L6-v2")
+    parser.add_argument("--corpus", action="append", required=True, metavar="FILE",
+                        help="app texts: .txt (label<TAB>text or text), .tsv/.csv (text[,label]), .jsonl; repeatable")
+    parser.add_argument("--out", required=True, metavar="PATH.onnx", help="model file to write; the bundle goes beside it")
+    parser.add_argument("--target", default="cpu", help="target profile name or path to a .toml profile (default: cpu)")
+    parser.add_argument("--keep-tokens", metavar="FILE", help="tokens or texts (one per line) whose tokens must be kept")
+    parser.add_argument("--min-count", type=int, default=1, help="keep tokens used at least this often (default 1)")
+    parser.add_argument("--eval", dest="eval_file", metavar="FILE", help="labelled held-out file (default: a split of the corpus)")
+    parser.add_argument("--eval-split", type=float, default=0.1, help="held-out share of a labelled corpus (default 0.1)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per text in training and checks (default 128)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder/hub")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    return parser
+
+
+def run_export(argv: Sequence[str]) -> int:
+    from pema_export.pipeline import ExportOptions, run
+    from pema_export.train import TrainOptions
+
+    args = export_parser().parse_args(argv)
+    _check_ranges(args)
+    options = ExportOptions(
+        corpus=args.corpus,
+        out=args.out,
+        model=args.model,
+        target=args.target,
+        keep_tokens=args.keep_tokens,
+        min_count=args.min_count,
+        eval_file=args.eval_file,
+        eval_split=args.eval_split,
+        max_length=args.max_length,
+        train=TrainOptions(
+            epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+            device=args.device, progress=not args.quiet and sys.stderr.isatty(),
+        ),
+        trust_remote_code=args.trust_remote_code,
+    )
+    log = (lambda message: None) if args.quiet else (lambda message: print(f"pema-export: {message}", file=sys.stderr))
+    result = run(options, log=log)
+    print(summary_lines(result.manifest, result.out_dir))
+    return 0
+
+
+def summary_lines(manifest: dict, out_dir) -> str:
+    vocab, params, parity = manifest["vocab"], manifest["params"], manifest["parity"]
+    model_file = next(name for name in manifest["files"] if name.endswith((".onnx", ".ort")))
+    lines = [
+        f"bundle      {out_dir}/ ({', '.join(sorted(manifest['files']))}, pema-manifest.json)",
+        f"vocab       {vocab['kept']:,} of {vocab['original']:,} tokens kept ({vocab['kept'] / vocab['original']:.1%})",
+        f"params      {params['original']:,} -> {params['exported']:,} ({params['exported'] / params['original']:.1%})",
+        f"bytes       fp32 full vocabulary ~{4 * params['original']:,} -> {model_file} {manifest['files'][model_file]['bytes']:,}",
+        f"parity      tokenization {parity['tokenization_texts_checked']:,} texts, {parity['tokenization_mismatches']} mismatches; "
+        f"outputs on {parity['texts_checked']:,} texts, max |diff| {parity['max_abs_diff']:.2e} (<= {parity['atol']:g})",
+    ]
+    if manifest.get("training"):
+        training = manifest["training"]
+        lines.append(f"training    {training['epochs']} epochs on {training['train_size']:,} texts, "
+                     f"held-out accuracy {training['eval_accuracy']:.4f} on {training['eval_size']:,}")
+    return "\n".join(lines)
+
+
+def _check_ranges(args) -> None:
+    from pema_export.errors import PemaError as Bad
+
+    for name in ("epochs", "batch_size", "max_length", "min_count"):
+        if getattr(args, name) < 1:
+            raise Bad(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.eval_split < 1:
+        raise Bad("--eval-split must be between 0 and 1")
+    if args.lr <= 0:
+        raise Bad("--lr must be positive")
+
+
+def run_targets(argv: Sequence[str]) -> int:
+    from pema_export.profiles import builtin_targets, load_target
+
+    argparse.ArgumentParser(prog="pema-export targets", description="List the built-in target profiles.").parse_args(argv)
+    for name in sorted(builtin_targets()):
+        target = load_target(name)
+        print(f"{name:10s} {target.description}")
+    return 0
+
+
+# Subcommands: the first word picks one; anything else is the export itself.
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"targets": run_targets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = SUBCOMMANDS.get(argv[0]) if argv else None
+    try:
+        return command(argv[1:]) if command else run_export(argv)
+    except PemaError as exc:
+        print(f"pema-export: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("pema-export: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

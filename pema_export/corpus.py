@@ -1,0 +1,197 @@
+"""Read an app's corpus as a stream of (text, label) examples.
+
+Formats, chosen by file extension:
+- ``.txt``: one text per line; a line ``label<TAB>text`` is labelled. Blank lines are skipped.
+- ``.tsv`` / ``.csv``: a header row with a ``text`` column and an optional ``label`` column.
+- ``.jsonl``: one JSON object per line with ``"text"`` and an optional ``"label"``.
+
+Files are read lazily, line by line, so a corpus larger than memory can be counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from pema_export.errors import CorpusError
+
+SUPPORTED_SUFFIXES = (".txt", ".tsv", ".csv", ".jsonl")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str | None = None
+
+
+def check_corpus_paths(paths: Sequence[str | Path]) -> list[Path]:
+    """Fail early, before any work, for a corpus path that is missing, empty or of an unknown format."""
+    if not paths:
+        raise CorpusError("no corpus given: pass --corpus FILE (.txt, .tsv, .csv or .jsonl)")
+    checked = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise CorpusError(f"corpus file not found: {path}")
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            raise CorpusError(
+                f"corpus {path}: unknown format {path.suffix or '(no extension)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+            )
+        if path.stat().st_size == 0:
+            raise CorpusError(f"corpus file is empty: {path}")
+        checked.append(path)
+    return checked
+
+
+def read_corpus(paths: Sequence[str | Path]) -> Iterator[Example]:
+    """Yield every example of every corpus file, in order. Raises CorpusError naming file and line."""
+    for path in check_corpus_paths(paths):
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            yield from _read_txt(path)
+        elif suffix in (".tsv", ".csv"):
+            yield from _read_table(path, delimiter="\t" if suffix == ".tsv" else ",")
+        else:
+            yield from _read_jsonl(path)
+
+
+def iter_texts(paths: Sequence[str | Path]) -> Iterator[str]:
+    for example in read_corpus(paths):
+        yield example.text
+
+
+def load_examples(paths: Sequence[str | Path]) -> list[Example]:
+    """The whole corpus in memory, checked to be non-empty and either fully labelled or fully unlabelled."""
+    examples = list(read_corpus(paths))
+    if not examples:
+        raise CorpusError(f"corpus has no texts after parsing: {', '.join(str(p) for p in paths)}")
+    labelled = sum(e.label is not None for e in examples)
+    if 0 < labelled < len(examples):
+        first = next(e for e in examples if e.label is None)
+        raise CorpusError(
+            f"corpus is partly labelled ({labelled} of {len(examples)} texts have a label); "
+            f"first unlabelled text: {first.text[:60]!r}"
+        )
+    return examples
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text without line ending), decoding strictly so bad bytes are named."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise CorpusError(f"corpus {path} line {number} is not UTF-8 (byte {exc.start})") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            yield number, line.rstrip("\r\n")
+
+
+def _read_txt(path: Path) -> Iterator[Example]:
+    for _, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        if "\t" in line:
+            label, text = line.split("\t", 1)
+            label, text = label.strip(), text.strip()
+            if label and text:
+                yield Example(text, label)
+                continue
+        yield Example(line.strip())
+
+
+def _read_table(path: Path, delimiter: str) -> Iterator[Example]:
+    lines = _decoded_lines(path)
+    reader = csv.reader((line for _, line in lines), delimiter=delimiter)
+    try:
+        header = [name.strip().lower() for name in next(reader)]
+    except StopIteration:
+        raise CorpusError(f"corpus {path} has no header row") from None
+    if "text" not in header:
+        raise CorpusError(f"corpus {path} has no 'text' column (columns: {', '.join(header)})")
+    text_col = header.index("text")
+    label_col = header.index("label") if "label" in header else None
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise CorpusError(f"corpus {path} line {reader.line_num}: {len(row)} columns, the header has {len(header)}")
+        text = row[text_col].strip()
+        if not text:
+            continue
+        label = row[label_col].strip() if label_col is not None else None
+        yield Example(text, label or None)
+
+
+def _read_jsonl(path: Path) -> Iterator[Example]:
+    label_type = None
+    for number, line in _decoded_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"corpus {path} line {number} is not valid JSON: {exc.msg}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise CorpusError(f'corpus {path} line {number}: expected an object with a string "text"')
+        text = record["text"].strip()
+        if not text:
+            continue
+        label = record.get("label")
+        if label is not None:
+            if isinstance(label, (dict, list, float)):
+                raise CorpusError(f"corpus {path} line {number}: a label must be a string or an integer, got {label!r}")
+            if label_type is None:
+                label_type = type(label)
+            elif type(label) is not label_type:
+                raise CorpusError(
+                    f"corpus {path} line {number}: label {label!r} is a {type(label).__name__}, "
+                    f"earlier labels are {label_type.__name__}s (mixed label types)"
+                )
+            label = str(label)
+        yield Example(text, label)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class CorpusSummary:
+    """Watches a stream of examples go by: counts texts and labels and keeps a seeded reservoir sample of texts."""
+
+    def __init__(self, sample_size: int, seed: int):
+        self.sample_size = sample_size
+        self.texts = 0
+        self.labelled = 0
+        self.sample: list[tuple[int, str]] = []
+        self._rng = random.Random(seed)
+
+    def observe(self, examples: Iterable[Example]) -> Iterator[str]:
+        for example in examples:
+            if example.label is not None:
+                self.labelled += 1
+            if len(self.sample) < self.sample_size:
+                self.sample.append((self.texts, example.text))
+            else:
+                slot = self._rng.randrange(self.texts + 1)
+                if slot < self.sample_size:
+                    self.sample[slot] = (self.texts, example.text)
+            self.texts += 1
+            yield example.text
+
+    @property
+    def sample_texts(self) -> list[str]:
+        """The sampled texts in corpus order (all texts when the corpus is no larger than the sample)."""
+        return [text for _, text in sorted(self.sample)]

@@ -1,0 +1,213 @@
+"""The whole flow in one function: corpus -> scan -> prune model -> train -> rewrite tokenizer -> export -> verify -> bundle."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pema_export import __version__
+from pema_export.bundle import MANIFEST_NAME, StagedBundle, check_output_path
+from pema_export.corpus import CorpusSummary, check_corpus_paths, load_examples, read_corpus
+from pema_export.errors import CorpusError
+from pema_export.export import export_onnx
+from pema_export.models import resolve_model
+from pema_export.pema import load_partial_model, map_ids
+from pema_export.profiles import load_target
+from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, tokenizer_family
+from pema_export.train import EncodedSet, TrainOptions, TrainReport, fine_tune, split_held_out
+from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, torch_reference
+from pema_export.vocab import (
+    KeptVocab,
+    choose_kept_ids,
+    count_tokens,
+    open_tokenizer,
+    read_keep_tokens,
+    special_token_ids,
+    unk_token_id,
+)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    corpus: list[str]
+    out: str
+    model: str | None = None
+    target: str = "cpu"
+    keep_tokens: str | None = None
+    min_count: int = 1
+    eval_file: str | None = None
+    eval_split: float = 0.1
+    max_length: int = 128
+    train: TrainOptions = field(default_factory=TrainOptions)
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    files: list[Path]
+    manifest: dict
+
+
+def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
+    """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
+    # Everything that can be checked cheaply is checked before any work starts.
+    target = load_target(options.target)
+    out = Path(options.out)
+    check_output_path(out)
+    corpus_paths = check_corpus_paths(options.corpus)
+    eval_paths = check_corpus_paths([options.eval_file]) if options.eval_file else []
+    source = resolve_model(options.model)
+    tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
+    check_supported(tokenizer_json)
+    config = source.read_config()
+    original_tokenizer = open_tokenizer(source.tokenizer_json)
+
+    # 1-2. Stream the corpus once: count token ids, note labels, keep a parity sample.
+    log(f"scanning {', '.join(str(p) for p in corpus_paths)} with the {source.name} tokenizer")
+    summary = CorpusSummary(sample_size=PARITY_SAMPLE, seed=options.train.seed)
+    counts = count_tokens(original_tokenizer, summary.observe(read_corpus(corpus_paths)))
+    keep_ids = read_keep_tokens(options.keep_tokens, original_tokenizer) if options.keep_tokens else set()
+    kept = choose_kept_ids(
+        counts,
+        special_token_ids(tokenizer_json, config),
+        unk_id=unk_token_id(tokenizer_json),
+        keep_ids=keep_ids,
+        min_count=options.min_count,
+        original_size=config.get("vocab_size"),
+    )
+    log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
+
+    # 3. Build the model with the partial embedding from the start, then fine-tune when labelled.
+    labelled = summary.labelled == summary.texts
+    if 0 < summary.labelled < summary.texts:
+        load_examples(corpus_paths)  # raises, naming the first unlabelled text
+    labels = _labels(corpus_paths) if labelled else None
+    partial = load_partial_model(source, kept, labels=labels, trust_remote_code=options.trust_remote_code)
+    training = None
+    if labelled:
+        training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log)
+
+    # 4-7. Rewrite the tokenizer, export, verify, and only then move the bundle into place.
+    with StagedBundle(out.parent) as staged:
+        pruned_json = prune_tokenizer(tokenizer_json, kept.kept_ids)
+        staged.path("tokenizer.json").write_text(json.dumps(pruned_json, ensure_ascii=False, indent=2), encoding="utf-8")
+        id_map = {int(old): new for new, old in enumerate(kept.kept_ids)}
+        tokenizer_config = pruned_tokenizer_config(source.read_tokenizer_config(), id_map, options.max_length)
+        staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
+        partial.model.config.to_json_file(str(staged.path("config.json")))
+        log(f"exporting {partial.task} to ONNX (opset {target.opset})")
+        export_onnx(partial.model, partial.task, target, staged.path(out.name), pooling=partial.pooling)
+
+        log("verifying tokenization on every corpus text and outputs on a sample with onnxruntime")
+        pruned_tokenizer = open_tokenizer(staged.path("tokenizer.json"))
+        fidelity = check_tokenization(original_tokenizer, pruned_tokenizer, kept, (e.text for e in read_corpus(corpus_paths)))
+        pruned_tokenizer.enable_truncation(options.max_length)
+        parity = check_parity(
+            staged.path(out.name),
+            torch_reference(partial.model, partial.pooling),
+            pruned_tokenizer,
+            summary.sample_texts,
+            pad_id=_pad_id(partial.model.config),
+        )
+        manifest = {
+            "pema_export": __version__,
+            "model": {"source": source.name, "architecture": type(partial.model).__name__, "task": partial.task},
+            "target": target.as_manifest(),
+            "tokenizer": {"family": tokenizer_family(tokenizer_json), "padding": None, "truncation": None},
+            "vocab": {
+                "original": kept.original_size,
+                "kept": kept.size,
+                "corpus_used": counts.used_ids,
+                "min_count": options.min_count,
+                "keep_tokens": len(keep_ids),
+            },
+            "params": {
+                "original": partial.original_params,
+                "exported": partial.exported_params,
+                "embedding_original": partial.original_embedding_params,
+                "embedding_exported": partial.exported_embedding_params,
+            },
+            "corpus": {"files": [p.name for p in corpus_paths], "texts": counts.texts, "tokens": counts.tokens, "labelled": labelled},
+            "training": training,
+            "parity": {
+                "texts_checked": parity.texts_checked,
+                "sample": f"all texts, or a seeded sample of {PARITY_SAMPLE}",
+                "tokenization_texts_checked": fidelity.texts_checked,
+                "tokenization_mismatches": fidelity.tokenization_mismatches,
+                "texts_with_dropped_tokens": fidelity.texts_with_dropped_tokens,
+                "max_abs_diff": parity.max_abs_diff,
+                "atol": PARITY_ATOL,
+                "outputs": list(parity.outputs),
+            },
+            "files": staged.file_entries(),
+            "versions": _versions(),
+        }
+        staged.write_manifest(manifest)
+        files = staged.commit()
+    log(f"wrote {len(files)} files to {out.parent}")
+    return ExportResult(out_dir=out.parent, files=files, manifest=manifest)
+
+
+def _labels(corpus_paths: list[Path]) -> list[str]:
+    labels = sorted({e.label for e in read_corpus(corpus_paths)})
+    if len(labels) < 2:
+        raise CorpusError(f"the corpus has a single label {labels[0]!r}: a classifier needs at least two classes")
+    return labels
+
+
+def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, options: ExportOptions, log) -> dict:
+    label2id = {label: i for i, label in enumerate(labels)}
+    examples = load_examples(corpus_paths)
+    if eval_paths:
+        train_examples, eval_examples = examples, load_examples(eval_paths)
+        unknown = sorted({e.label for e in eval_examples} - set(labels))
+        if unknown:
+            raise CorpusError(f"--eval file has labels the corpus does not: {', '.join(map(repr, unknown))}")
+    else:
+        train_idx, eval_idx = split_held_out([e.label for e in examples], options.eval_split, options.train.seed)
+        train_examples, eval_examples = [examples[i] for i in train_idx], [examples[i] for i in eval_idx]
+    tokenizer = open_tokenizer(json.loads(tokenizer.to_str()))
+    tokenizer.enable_truncation(options.max_length)
+
+    def encode(batch) -> EncodedSet:
+        ids = [map_ids(kept, np.asarray(enc.ids, dtype=np.int64)).tolist() for enc in tokenizer.encode_batch([e.text for e in batch])]
+        return EncodedSet(input_ids=ids, labels=[label2id[e.label] for e in batch])
+
+    train_set, eval_set = encode(train_examples), encode(eval_examples)
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
+    report: TrainReport = fine_tune(model, train_set, eval_set, _pad_id(model.config), options.train)
+    log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
+    return {
+        "epochs": report.epochs,
+        "train_size": report.train_size,
+        "eval_size": report.eval_size,
+        "eval_source": "--eval file" if eval_paths else f"stratified {options.eval_split:.0%} split of the corpus",
+        "eval_accuracy": round(report.eval_accuracy, 6),
+        "eval_accuracy_per_epoch": [round(a, 6) for a in report.eval_accuracy_per_epoch],
+        "lr": options.train.lr,
+        "batch_size": options.train.batch_size,
+        "max_length": options.max_length,
+        "seed": options.train.seed,
+        "labels": labels,
+    }
+
+
+def _pad_id(config) -> int:
+    return config.pad_token_id if isinstance(config.pad_token_id, int) else 0
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions

@@ -1,0 +1,147 @@
+"""Fine-tune a sequence classifier whose embedding already holds only the kept rows."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from pema_export.errors import CorpusError
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int = 3
+    lr: float = 5e-5
+    batch_size: int = 16
+    weight_decay: float = 0.01  # never applied to embeddings, biases or LayerNorm (see README: PEMA and decay)
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class EncodedSet:
+    """Token ids (already in the pruned numbering) and integer labels."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TrainReport:
+    epochs: int
+    train_size: int
+    eval_size: int
+    eval_accuracy_per_epoch: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def eval_accuracy(self) -> float | None:
+        return self.eval_accuracy_per_epoch[-1] if self.eval_accuracy_per_epoch else None
+
+
+def split_held_out(labels: Sequence[str], eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified (train, eval) index lists. A label seen once stays in training only (it cannot be held out)."""
+    by_label: dict[str, list[int]] = {}
+    for index, label in enumerate(labels):
+        by_label.setdefault(label, []).append(index)
+    rng = random.Random(seed)
+    train, held_out = [], []
+    for label in sorted(by_label):
+        indices = by_label[label]
+        rng.shuffle(indices)
+        n_eval = min(len(indices) - 1, round(len(indices) * eval_fraction))
+        held_out += indices[:n_eval]
+        train += indices[n_eval:]
+    if not held_out:
+        raise CorpusError(
+            f"the held-out split would be empty ({len(labels)} texts, --eval-split {eval_fraction}); "
+            "add texts, raise --eval-split, or pass --eval FILE"
+        )
+    return sorted(train), sorted(held_out)
+
+
+def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad_id: int, options: TrainOptions) -> TrainReport:
+    """AdamW with linear warm-up/decay and gradient clipping; held-out accuracy after each epoch."""
+    torch.manual_seed(options.seed)
+    device = torch.device(options.device)
+    model.to(device)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, options.weight_decay), lr=options.lr)
+    steps_per_epoch = math.ceil(len(train_set) / options.batch_size)
+    total_steps = steps_per_epoch * options.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * options.warmup_ratio), total_steps)
+    order_rng = torch.Generator().manual_seed(options.seed)
+    report = TrainReport(epochs=options.epochs, train_size=len(train_set), eval_size=len(eval_set))
+    started = time.perf_counter()
+    for epoch in range(options.epochs):
+        model.train()
+        order = torch.randperm(len(train_set), generator=order_rng).tolist()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress, leave=False)
+        for start in range(0, len(order), options.batch_size):
+            batch = [order[i] for i in range(start, min(start + options.batch_size, len(order)))]
+            input_ids, attention_mask = pad_batch([train_set.input_ids[i] for i in batch], pad_id)
+            labels = torch.tensor([train_set.labels[i] for i in batch])
+            loss = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.update()
+        bar.close()
+        report.eval_accuracy_per_epoch.append(evaluate(model, eval_set, pad_id, options.batch_size, device))
+    report.seconds = time.perf_counter() - started
+    model.eval()
+    return report
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, eval_set: EncodedSet, pad_id: int, batch_size: int, device=torch.device("cpu")) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(eval_set), batch_size):
+        input_ids, attention_mask = pad_batch(eval_set.input_ids[start : start + batch_size], pad_id)
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        predicted = logits.argmax(-1).cpu().tolist()
+        correct += sum(p == y for p, y in zip(predicted, eval_set.labels[start : start + batch_size]))
+    return correct / len(eval_set) if len(eval_set) else float("nan")
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: (input_ids, attention_mask) as int64 tensors."""
+    length = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
+        attention_mask[row, : len(sequence)] = 1
+    return input_ids, attention_mask
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # Weight decay on the embedding would shrink rows the batch never used; leaving it off keeps PEMA
+    # exactly equal to full-vocabulary fine-tuning on in-vocabulary input.
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if id(parameter) in embedding_ids or parameter.ndim < 2 or "LayerNorm" in name or "layer_norm" in name:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,169 @@
+"""Count which vocabulary ids a corpus uses and choose the ids to keep.
+
+Kept ids = ids the corpus uses (at least ``min_count`` times) ∪ special and added tokens ∪ ids from a keep file.
+They stay in their original relative order, so new id ``i`` is the ``i``-th kept original id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from pema_export.corpus import batched
+from pema_export.errors import CorpusError, TokenizerError
+
+# config.json fields that hold token ids; each must survive pruning and be renumbered.
+CONFIG_ID_FIELDS = (
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "sep_token_id",
+    "cls_token_id",
+    "unk_token_id",
+    "mask_token_id",
+    "decoder_start_token_id",
+)
+
+
+def open_tokenizer(tokenizer_json: str | Path | dict) -> Tokenizer:
+    """A tokenizer that encodes exactly the text's tokens: no baked-in padding or truncation."""
+    try:
+        if isinstance(tokenizer_json, dict):
+            tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json))
+        else:
+            tokenizer = Tokenizer.from_file(str(tokenizer_json))
+    except Exception as exc:
+        raise TokenizerError(f"cannot load tokenizer {tokenizer_json if not isinstance(tokenizer_json, dict) else ''}: {exc}") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    counts: np.ndarray  # occurrences per original id
+    texts: int
+
+    @property
+    def tokens(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def used_ids(self) -> int:
+        return int(np.count_nonzero(self.counts))
+
+
+def count_tokens(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 1024) -> TokenCounts:
+    """Tokenize a stream of texts in batches (special tokens included) and count each id."""
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    texts_seen = 0
+    for batch in batched(texts, batch_size):
+        encodings = tokenizer.encode_batch(batch, add_special_tokens=True)
+        ids = np.fromiter((i for enc in encodings for i in enc.ids), dtype=np.int64)
+        counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
+        texts_seen += len(batch)
+    if texts_seen == 0:
+        raise CorpusError("corpus has no texts after parsing")
+    return TokenCounts(counts=counts, texts=texts_seen)
+
+
+@dataclass(frozen=True)
+class KeptVocab:
+    """The ids kept, in original order; ``id_map[old] = new`` or -1 where the row was dropped."""
+
+    kept_ids: np.ndarray
+    original_size: int
+    unk_id: int | None  # original id of the unknown token, if the tokenizer has one
+
+    @property
+    def size(self) -> int:
+        return len(self.kept_ids)
+
+    @property
+    def id_map(self) -> np.ndarray:
+        id_map = np.full(self.original_size, -1, dtype=np.int64)
+        id_map[self.kept_ids] = np.arange(len(self.kept_ids), dtype=np.int64)
+        return id_map
+
+    def new_id(self, old_id: int) -> int:
+        position = int(np.searchsorted(self.kept_ids, old_id))
+        if position == len(self.kept_ids) or self.kept_ids[position] != old_id:
+            raise KeyError(old_id)
+        return position
+
+
+def special_token_ids(tokenizer_json: dict, config: dict) -> set[int]:
+    """Ids that must survive whatever the corpus says: added/special tokens, the UNK piece, config.json's ids."""
+    ids = {int(token["id"]) for token in tokenizer_json.get("added_tokens", [])}
+    unk_id = unk_token_id(tokenizer_json)
+    if unk_id is not None:
+        ids.add(unk_id)
+    for field in CONFIG_ID_FIELDS:
+        value = config.get(field)
+        if isinstance(value, int) and value >= 0:
+            ids.add(value)
+    return ids
+
+
+def unk_token_id(tokenizer_json: dict) -> int | None:
+    model = tokenizer_json["model"]
+    if model.get("type") == "Unigram":
+        return model.get("unk_id")
+    unk = model.get("unk_token")
+    if unk is None:
+        return None
+    vocab = model.get("vocab", {})
+    if isinstance(vocab, dict) and unk in vocab:
+        return int(vocab[unk])
+    return next((int(t["id"]) for t in tokenizer_json.get("added_tokens", []) if t["content"] == unk), None)
+
+
+def read_keep_tokens(path: str | Path, tokenizer: Tokenizer) -> set[int]:
+    """Ids named by a keep file: each line is a vocabulary token (kept as is) or a text (all its tokens kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"--keep-tokens file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise CorpusError(f"--keep-tokens file {path} is not UTF-8") from None
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    ids: set[int] = set()
+    for line in lines:
+        entry = line.strip()
+        if not entry or entry.startswith("#!"):
+            continue
+        if entry in vocab:
+            ids.add(vocab[entry])
+        else:
+            ids.update(tokenizer.encode(entry, add_special_tokens=False).ids)
+    return ids
+
+
+def choose_kept_ids(
+    counts: TokenCounts,
+    special_ids: Iterable[int],
+    unk_id: int | None,
+    keep_ids: Iterable[int] = (),
+    min_count: int = 1,
+    original_size: int | None = None,
+) -> KeptVocab:
+    """Kept = used at least ``min_count`` times ∪ specials ∪ keep_ids, sorted by original id.
+
+    ``original_size`` is the number of embedding rows, which may exceed the tokenizer's vocabulary.
+    """
+    if min_count < 1:
+        raise ValueError("min_count must be at least 1")
+    original_size = max(original_size or 0, len(counts.counts))
+    keep = np.zeros(original_size, dtype=bool)
+    keep[: len(counts.counts)] = counts.counts >= min_count
+    for token_id in list(special_ids) + list(keep_ids):
+        if 0 <= token_id < original_size:
+            keep[token_id] = True
+    return KeptVocab(kept_ids=np.flatnonzero(keep).astype(np.int64), original_size=original_size, unk_id=unk_id)
