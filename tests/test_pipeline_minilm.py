@@ -1,0 +1,103 @@
+"""End to end on the real embedded all-MiniLM-L6-v2 and the sample corpora, through the installed command."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import SAMPLES, run_cli
+
+
+@pytest.fixture(scope="module")
+def classifier_bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("minilm-classifier") / "model.onnx"
+    result = run_cli("--corpus", SAMPLES / "app_texts.txt", "--out", out, "--epochs", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    return out, json.loads((out.parent / "pema-manifest.json").read_text()), result.stdout
+
+
+def test_bundle_holds_exactly_the_promised_files(classifier_bundle):
+    out, manifest, _ = classifier_bundle
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        ["model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json", "pema-manifest.json"]
+    )
+    for name, entry in manifest["files"].items():
+        assert (out.parent / name).stat().st_size == entry["bytes"]
+
+
+def test_manifest_proves_fidelity_parity_and_a_smaller_vocabulary(classifier_bundle):
+    out, manifest, stdout = classifier_bundle
+    parity = manifest["parity"]
+    texts = sum(1 for line in (SAMPLES / "app_texts.txt").read_text().splitlines() if line.strip())
+    assert parity["tokenization_texts_checked"] == texts and parity["tokenization_mismatches"] == 0
+    assert parity["texts_checked"] == texts  # the sample corpus is smaller than the 1,000-text parity sample
+    assert parity["max_abs_diff"] <= 1e-4
+    assert manifest["vocab"]["original"] == 30522
+    assert manifest["vocab"]["kept"] < manifest["vocab"]["original"]
+    assert manifest["params"]["embedding_original"] == 30522 * 384
+    assert manifest["params"]["embedding_exported"] == manifest["vocab"]["kept"] * 384
+    assert manifest["training"]["train_size"] + manifest["training"]["eval_size"] == texts
+    assert set(manifest["versions"]) >= {"torch", "transformers", "optimum", "onnx", "onnxruntime", "tokenizers"}
+    assert "30,522 tokens kept" in stdout
+
+
+def test_model_bytes_are_four_per_exported_parameter(classifier_bundle):
+    out, manifest, _ = classifier_bundle
+    expected = 4 * manifest["params"]["exported"]
+    assert abs(out.stat().st_size - expected) / expected < 0.01
+
+
+def test_config_and_tokenizer_agree_with_the_pruned_model(classifier_bundle):
+    out, manifest, _ = classifier_bundle
+    config = json.loads((out.parent / "config.json").read_text())
+    tokenizer = Tokenizer.from_file(str(out.parent / "tokenizer.json"))
+    assert config["vocab_size"] == manifest["vocab"]["kept"] == tokenizer.get_vocab_size()
+    assert sorted(config["id2label"].values()) == sorted(manifest["training"]["labels"])
+    assert config["pad_token_id"] == tokenizer.token_to_id("[PAD]")
+    embedding = next(i for i in onnx.load(str(out)).graph.initializer if i.name.endswith("word_embeddings.weight"))
+    assert list(embedding.dims) == [manifest["vocab"]["kept"], 384]
+
+
+def test_onnxruntime_classifies_a_sentence_with_the_bundle_alone(classifier_bundle):
+    out, manifest, _ = classifier_bundle
+    tokenizer = Tokenizer.from_file(str(out.parent / "tokenizer.json"))
+    config = json.loads((out.parent / "config.json").read_text())
+    encoding = tokenizer.encode("where is my order? it's been an hour")
+    feeds = {
+        "input_ids": np.array([encoding.ids], dtype=np.int64),
+        "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
+        "token_type_ids": np.zeros((1, len(encoding.ids)), dtype=np.int64),
+    }
+    (logits,) = ort.InferenceSession(str(out)).run(["logits"], feeds)
+    assert logits.shape == (1, len(config["id2label"]))
+    assert np.isfinite(logits).all()
+    assert config["id2label"][str(int(logits.argmax()))] in manifest["training"]["labels"]
+
+
+def test_unlabelled_corpus_exports_sentence_embeddings_like_sentence_transformers(tmp_path, minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "embed" / "model.onnx"
+    result = run_cli("--corpus", SAMPLES / "search_texts.txt", "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out.parent / "pema-manifest.json").read_text())
+    assert manifest["model"]["task"] == "feature-extraction" and manifest["training"] is None
+    assert "sentence_embedding" in manifest["parity"]["outputs"]
+    texts = [t for t in (SAMPLES / "search_texts.txt").read_text().splitlines() if t.strip()][:16]
+    tokenizer = Tokenizer.from_file(str(out.parent / "tokenizer.json"))
+    session = ort.InferenceSession(str(out))
+    got = []
+    for text in texts:
+        encoding = tokenizer.encode(text)
+        feeds = {
+            "input_ids": np.array([encoding.ids], dtype=np.int64),
+            "attention_mask": np.ones((1, len(encoding.ids)), dtype=np.int64),
+            "token_type_ids": np.zeros((1, len(encoding.ids)), dtype=np.int64),
+        }
+        got.append(session.run(["sentence_embedding"], feeds)[0][0])
+    # the original, unpruned model through the sentence-transformers library itself
+    want = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, convert_to_numpy=True)
+    assert np.abs(np.array(got) - want).max() < 1e-4
