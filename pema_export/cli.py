@@ -7,6 +7,7 @@ import sys
 from typing import Callable, Sequence
 
 from pema_export.errors import PemaError
+from pema_export.vocab import DEFAULT_OOV, OOV_POLICIES
 
 EXIT_USAGE = 2
 
@@ -26,6 +27,12 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default="cpu", help="target profile name or path to a .toml profile (default: cpu)")
     parser.add_argument("--keep-tokens", metavar="FILE", help="tokens or texts (one per line) whose tokens must be kept")
     parser.add_argument("--min-count", type=int, default=1, help="keep tokens used at least this often (default 1)")
+    parser.add_argument("--oov", choices=OOV_POLICIES, default=DEFAULT_OOV,
+                        help="text the corpus never had: 'fallback' keeps every single-character piece so unseen words "
+                        f"degrade to known characters; 'unk' keeps only what the corpus uses (default {DEFAULT_OOV}; "
+                        "see docs/tokenizers.md for the measurement)")
+    parser.add_argument("--max-vocab", type=int, metavar="N", help="keep at most N tokens: the most used corpus tokens "
+                        "after special, --keep-tokens and --oov pieces")
     parser.add_argument("--eval", dest="eval_file", metavar="FILE", help="labelled held-out file (default: a split of the corpus)")
     parser.add_argument("--eval-split", type=float, default=0.1, help="held-out share of a labelled corpus (default 0.1)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -60,6 +67,8 @@ def run_export(argv: Sequence[str]) -> int:
             device=args.device, progress=not args.quiet and sys.stderr.isatty(),
         ),
         trust_remote_code=args.trust_remote_code,
+        oov=args.oov,
+        max_vocab=args.max_vocab,
     )
     log = (lambda message: None) if args.quiet else (lambda message: print(f"pema-export: {message}", file=sys.stderr))
     result = run(options, log=log)
@@ -88,8 +97,8 @@ def summary_lines(manifest: dict, out_dir) -> str:
 def _check_ranges(args) -> None:
     from pema_export.errors import PemaError as Bad
 
-    for name in ("epochs", "batch_size", "max_length", "min_count"):
-        if getattr(args, name) < 1:
+    for name in ("epochs", "batch_size", "max_length", "min_count", "max_vocab"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise Bad(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.eval_split < 1:
         raise Bad("--eval-split must be between 0 and 1")

@@ -17,13 +17,16 @@ from pema_export.export import export_onnx
 from pema_export.models import resolve_model
 from pema_export.pema import load_partial_model, map_ids
 from pema_export.profiles import load_target
-from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, tokenizer_family
+from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, token_closure, tokenizer_family
+from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
 from pema_export.train import EncodedSet, TrainOptions, TrainReport, fine_tune, split_held_out
 from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, torch_reference
 from pema_export.vocab import (
+    DEFAULT_OOV,
     KeptVocab,
     choose_kept_ids,
     count_tokens,
+    oov_token_ids,
     open_tokenizer,
     read_keep_tokens,
     special_token_ids,
@@ -44,6 +47,8 @@ class ExportOptions:
     max_length: int = 128
     train: TrainOptions = field(default_factory=TrainOptions)
     trust_remote_code: bool = False
+    oov: str = DEFAULT_OOV
+    max_vocab: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,9 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         keep_ids=keep_ids,
         min_count=options.min_count,
         original_size=config.get("vocab_size"),
+        policy_ids=oov_token_ids(tokenizer_json, options.oov),
+        closure=token_closure(tokenizer_json),
+        max_vocab=options.max_vocab,
     )
     log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
 
@@ -97,6 +105,9 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         pruned_json = prune_tokenizer(tokenizer_json, kept.kept_ids)
         staged.path("tokenizer.json").write_text(json.dumps(pruned_json, ensure_ascii=False, indent=2), encoding="utf-8")
         id_map = {int(old): new for new, old in enumerate(kept.kept_ids)}
+        # Runtimes that read SentencePiece files (onnxruntime-extensions) get the same pruned vocabulary.
+        for name, data in prune_sentencepiece_files(source.path, tokenizer_json, pruned_json).items():
+            staged.path(name).write_bytes(data)
         tokenizer_config = pruned_tokenizer_config(source.read_tokenizer_config(), id_map, options.max_length)
         staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
         partial.model.config.to_json_file(str(staged.path("config.json")))
@@ -124,6 +135,8 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 "kept": kept.size,
                 "corpus_used": counts.used_ids,
                 "min_count": options.min_count,
+                "oov": options.oov,
+                "max_vocab": options.max_vocab,
                 "keep_tokens": len(keep_ids),
             },
             "params": {

@@ -1,7 +1,14 @@
 """Count which vocabulary ids a corpus uses and choose the ids to keep.
 
-Kept ids = ids the corpus uses (at least ``min_count`` times) ∪ special and added tokens ∪ ids from a keep file.
-They stay in their original relative order, so new id ``i`` is the ``i``-th kept original id.
+Kept ids = ids the corpus uses (at least ``min_count`` times) ∪ special and added tokens ∪ ids from a keep file
+∪ what the OOV policy and the tokenizer family need, closed under BPE's merges, optionally capped at
+``max_vocab``. They stay in their original relative order, so new id ``i`` is the ``i``-th kept original id.
+
+The OOV policy decides what text the corpus never had turns into:
+- ``fallback``: keep every single-character piece and its continuation form, so an unseen word degrades to
+  known characters (UNK only for characters the full vocabulary lacks too);
+- ``unk``: keep only what the corpus uses; an unseen word re-segments into kept pieces or becomes UNK.
+Byte-level BPE keeps its 256 byte symbols under both: it has no UNK, and every text must still encode.
 """
 
 from __future__ import annotations
@@ -9,13 +16,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from pema_export.corpus import batched
 from pema_export.errors import CorpusError, TokenizerError
+from pema_export.tokenizers import family_module
+
+OOV_POLICIES = ("fallback", "unk")
+# Chosen from benchmarks/oov_policy.py on the sample corpus and held-out set (table in docs/tokenizers.md).
+DEFAULT_OOV = "fallback"
 
 # config.json fields that hold token ids; each must survive pruning and be renumbered.
 CONFIG_ID_FIELDS = (
@@ -146,6 +158,15 @@ def read_keep_tokens(path: str | Path, tokenizer: Tokenizer) -> set[int]:
     return ids
 
 
+def oov_token_ids(tokenizer_json: dict, oov: str) -> set[int]:
+    """Ids kept whatever the corpus says: what the family needs for any text to encode (byte-level BPE's byte
+    symbols, Unigram's lowest-scored piece) and, under ``oov="fallback"``, every single-character piece."""
+    if oov not in OOV_POLICIES:
+        raise TokenizerError(f"--oov {oov!r} is not a policy (choose from: {', '.join(OOV_POLICIES)})")
+    family = family_module(tokenizer_json)
+    return family.fallback_ids(tokenizer_json) if oov == "fallback" else family.required_ids(tokenizer_json)
+
+
 def choose_kept_ids(
     counts: TokenCounts,
     special_ids: Iterable[int],
@@ -153,17 +174,38 @@ def choose_kept_ids(
     keep_ids: Iterable[int] = (),
     min_count: int = 1,
     original_size: int | None = None,
+    *,
+    policy_ids: Iterable[int] = (),
+    closure: Callable[[Iterable[int]], set[int]] = set,
+    max_vocab: int | None = None,
 ) -> KeptVocab:
-    """Kept = used at least ``min_count`` times ∪ specials ∪ keep_ids, sorted by original id.
+    """Kept = closure(used at least ``min_count`` times ∪ specials ∪ keep_ids ∪ policy_ids), sorted by original id.
 
     ``original_size`` is the number of embedding rows, which may exceed the tokenizer's vocabulary.
+    ``policy_ids`` come from :func:`oov_token_ids`; ``closure`` from ``tokenizers.token_closure``.
+    With ``max_vocab``, specials, keep_ids and policy_ids are kept first and then corpus tokens from the most
+    used down (ties: lower id first), each with its closure, while they fit.
     """
     if min_count < 1:
         raise ValueError("min_count must be at least 1")
     original_size = max(original_size or 0, len(counts.counts))
-    keep = np.zeros(original_size, dtype=bool)
-    keep[: len(counts.counts)] = counts.counts >= min_count
-    for token_id in list(special_ids) + list(keep_ids):
-        if 0 <= token_id < original_size:
-            keep[token_id] = True
-    return KeptVocab(kept_ids=np.flatnonzero(keep).astype(np.int64), original_size=original_size, unk_id=unk_id)
+    in_range = lambda ids: {int(i) for i in ids if 0 <= int(i) < original_size}  # noqa: E731
+    must_keep = closure(in_range(special_ids) | in_range(keep_ids) | in_range(policy_ids))
+    used = np.flatnonzero(counts.counts >= min_count)
+    if max_vocab is None:
+        kept = must_keep | closure(int(i) for i in used)
+    else:
+        if len(must_keep) > max_vocab:
+            raise TokenizerError(
+                f"--max-vocab {max_vocab} is below the {len(must_keep)} tokens that must be kept "
+                "(special tokens, --keep-tokens, and the --oov policy's pieces)"
+            )
+        kept = set(must_keep)
+        # Most used first; a stable sort keeps lower ids first among equal counts.
+        for token_id in used[np.argsort(-counts.counts[used], kind="stable")]:
+            if int(token_id) in kept:
+                continue
+            needed = closure({int(token_id)}) - kept
+            if len(kept) + len(needed) <= max_vocab:
+                kept |= needed
+    return KeptVocab(kept_ids=np.array(sorted(kept), dtype=np.int64), original_size=original_size, unk_id=unk_id)

@@ -95,3 +95,140 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The installed console script, as a user runs it."""
     exe = shutil.which("pema-export", path=str(Path(sys.executable).parent)) or "pema-export"
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+# --- Tiny models of every tokenizer family (issue 3): RoBERTa (byte-level BPE), XLM-R (Unigram trained with
+# `tokenizers`), ALBERT (a real SentencePiece .model, converted by transformers), ELECTRA (WordPiece). ---
+
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+TINY_SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def train_byte_level_bpe(vocab_size: int = 700):
+    """A RoBERTa/GPT-2-style byte-level BPE tokenizer trained on the samples, <s> x </s> around each text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    tokenizer.post_processor = processors.RobertaProcessing(
+        ("</s>", tokenizer.token_to_id("</s>")), ("<s>", tokenizer.token_to_id("<s>")), add_prefix_space=False
+    )
+    return tokenizer
+
+
+def train_unigram(vocab_size: int = 800):
+    """An XLM-R-style Unigram tokenizer (Metaspace, <s> x </s>) trained with `tokenizers` on the samples."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, unk_token="<unk>")
+    tokenizer.train_from_iterator(TRAINING_TEXT, trainer=trainer)
+    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    return tokenizer
+
+
+def train_albert_sentencepiece(folder: Path, vocab_size: int = 700) -> Path:
+    """ALBERT's tokenizer as it ships: spiece.model trained by SentencePiece, tokenizer.json converted by transformers."""
+    import io
+
+    import sentencepiece
+    from transformers import AlbertTokenizerFast
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TRAINING_TEXT), model_writer=model, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]", "[MASK]"],
+        character_coverage=0.9995, seed_sentencepiece_size=100_000, num_threads=1, minloglevel=2,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(model.getvalue())
+    AlbertTokenizerFast(vocab_file=str(folder / "spiece.model")).save_pretrained(folder)
+    return folder
+
+
+def save_tiny_family_model(folder: Path, model_type: str, tokenizer_config: dict, tokenizer=None, head: str = "base", **config) -> Path:
+    """A tiny random ``model_type`` (``head``: "base" or "mlm") beside its tokenizer files."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    model_config = AutoConfig.for_model(model_type, vocab_size=len(fast), max_position_embeddings=130, **config)
+    auto = AutoModelForMaskedLM if head == "mlm" else AutoModel
+    auto.from_config(model_config).save_pretrained(folder)
+    return folder
+
+
+ROBERTA_TOKENIZER_CONFIG = {
+    "tokenizer_class": "RobertaTokenizer", "model_max_length": 128, "bos_token": "<s>", "eos_token": "</s>",
+    "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>", "pad_token": "<pad>", "mask_token": "<mask>",
+}
+XLMR_TOKENIZER_CONFIG = {**ROBERTA_TOKENIZER_CONFIG, "tokenizer_class": "XLMRobertaTokenizer"}
+ELECTRA_TOKENIZER_CONFIG = {
+    "tokenizer_class": "ElectraTokenizer", "do_lower_case": True, "model_max_length": 128,
+    "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+}
+ROBERTA_IDS = dict(pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    return train_byte_level_bpe()
+
+
+@pytest.fixture(scope="session")
+def unigram_tokenizer():
+    return train_unigram()
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory, bpe_tokenizer) -> Path:
+    return save_tiny_family_model(
+        tmp_path_factory.mktemp("tiny-roberta"), "roberta", ROBERTA_TOKENIZER_CONFIG, bpe_tokenizer, **TINY_SIZES, **ROBERTA_IDS
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_xlm_roberta(tmp_path_factory, unigram_tokenizer) -> Path:
+    return save_tiny_family_model(
+        tmp_path_factory.mktemp("tiny-xlmr"), "xlm-roberta", XLMR_TOKENIZER_CONFIG, unigram_tokenizer, **TINY_SIZES, **ROBERTA_IDS
+    )
+
+
+@pytest.fixture(scope="session")
+def albert_tokenizer_folder(tmp_path_factory) -> Path:
+    """spiece.model + the tokenizer.json transformers converts from it (no model)."""
+    return train_albert_sentencepiece(tmp_path_factory.mktemp("albert-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_albert(tmp_path_factory, albert_tokenizer_folder) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-albert")
+    for name in ("spiece.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(albert_tokenizer_folder / name, folder / name)
+    return save_tiny_family_model(
+        folder, "albert", {}, embedding_size=16, pad_token_id=0, bos_token_id=2, eos_token_id=3, **TINY_SIZES
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_electra(tmp_path_factory, wordpiece_tokenizer) -> Path:
+    return save_tiny_family_model(
+        tmp_path_factory.mktemp("tiny-electra"), "electra", ELECTRA_TOKENIZER_CONFIG, wordpiece_tokenizer,
+        embedding_size=16, pad_token_id=0, **TINY_SIZES,
+    )

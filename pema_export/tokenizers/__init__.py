@@ -1,19 +1,23 @@
 """Rewrite a tokenizer.json so its vocabulary is exactly the kept tokens, numbered 0..k-1 in kept order.
 
-One module per tokenizer family prunes the ``model`` section; this module remaps every other id-bearing
-field (added_tokens, post_processor) and drops fixed padding/truncation baked into the source file.
+One module per tokenizer family (wordpiece, bpe, unigram) prunes the ``model`` section and says which ids the
+family needs kept (``required_ids``: always; ``fallback_ids``: under ``--oov fallback``; ``closure``: BPE's
+merge parts). This module remaps every other id-bearing field (added_tokens, post_processor) and drops fixed
+padding/truncation baked into the source file.
 """
 
 from __future__ import annotations
 
 import copy
+from types import ModuleType
+from typing import Callable, Iterable
 
 import numpy as np
 
 from pema_export.errors import TokenizerError
-from pema_export.tokenizers import wordpiece
+from pema_export.tokenizers import bpe, unigram, wordpiece
 
-FAMILIES = {"WordPiece": wordpiece.prune_model}
+FAMILIES: dict[str, ModuleType] = {"WordPiece": wordpiece, "BPE": bpe, "Unigram": unigram}
 
 
 def tokenizer_family(tokenizer_json: dict) -> str:
@@ -30,12 +34,24 @@ def check_supported(tokenizer_json: dict) -> str:
     return family
 
 
+def family_module(tokenizer_json: dict) -> ModuleType:
+    return FAMILIES[check_supported(tokenizer_json)]
+
+
+def token_closure(tokenizer_json: dict) -> Callable[[Iterable[int]], set[int]]:
+    """ids -> the ids a pruned file needs to keep them (BPE: the parts of their merges; others: themselves)."""
+    module = family_module(tokenizer_json)
+    if hasattr(module, "closure"):
+        return module.closure(tokenizer_json["model"])
+    return set
+
+
 def prune_tokenizer(tokenizer_json: dict, kept_ids: np.ndarray) -> dict:
     """A new tokenizer.json dict whose ids are the positions of ``kept_ids``; the input is not modified."""
     family = check_supported(tokenizer_json)
     id_map = {int(old): new for new, old in enumerate(kept_ids)}
     pruned = copy.deepcopy(tokenizer_json)
-    pruned["model"] = FAMILIES[family](tokenizer_json["model"], id_map)
+    pruned["model"] = FAMILIES[family].prune_model(tokenizer_json["model"], id_map)
     pruned["added_tokens"] = [_remap_added(token, id_map) for token in tokenizer_json.get("added_tokens", [])]
     if pruned.get("post_processor"):
         pruned["post_processor"] = _remap_post_processor(pruned["post_processor"], id_map)

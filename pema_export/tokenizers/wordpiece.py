@@ -16,3 +16,19 @@ def prune_model(model: dict, id_map: dict[int, int]) -> dict:
     if model.get("unk_token") not in vocab:
         raise TokenizerError(f"WordPiece unk token {model.get('unk_token')!r} is not among the kept tokens")
     return {**model, "vocab": dict(sorted(vocab.items(), key=lambda item: item[1]))}
+
+
+def required_ids(tokenizer_json: dict) -> set[int]:
+    """Nothing beyond the specials: the UNK token (a special) covers any text."""
+    return set()
+
+
+def fallback_ids(tokenizer_json: dict) -> set[int]:
+    """Every single-character token and its continuation form ("x", "##x") (``--oov fallback``)."""
+    model = tokenizer_json["model"]
+    prefix = model.get("continuing_subword_prefix") or "##"
+    return {
+        token_id
+        for token, token_id in model["vocab"].items()
+        if len(token) == 1 or (token.startswith(prefix) and len(token) == len(prefix) + 1)
+    }
