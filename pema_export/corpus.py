@@ -175,6 +175,7 @@ class CorpusSummary:
         self.sample_size = sample_size
         self.texts = 0
         self.labelled = 0
+        self.labels: set[str] = set()
         self.sample: list[tuple[int, str]] = []
         self._rng = random.Random(seed)
 
@@ -182,6 +183,7 @@ class CorpusSummary:
         for example in examples:
             if example.label is not None:
                 self.labelled += 1
+                self.labels.add(example.label)
             if len(self.sample) < self.sample_size:
                 self.sample.append((self.texts, example.text))
             else:

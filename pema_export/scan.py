@@ -1,0 +1,162 @@
+"""Before any work: tokenize the corpus only and predict what the export will keep and write.
+
+``pema-export scan`` runs this in seconds, so a team sees the saving before spending a fine-tuning run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pema_export.corpus import CorpusSummary, batched, iter_texts, read_corpus
+from pema_export.models import ModelSource
+from pema_export.profiles import Target
+from pema_export.tokenizers import prune_tokenizer, token_closure
+from pema_export.vocab import (
+    DEFAULT_OOV,
+    KeptVocab,
+    TokenCounts,
+    choose_kept_ids,
+    count_tokens,
+    oov_token_ids,
+    open_tokenizer,
+    read_keep_tokens,
+    special_token_ids,
+    unk_token_id,
+)
+
+COVERAGE_POINTS = 24  # points on the coverage curve written to the manifest
+
+
+@dataclass
+class VocabScan:
+    """What one streamed pass over the corpus found, and the vocabulary chosen from it."""
+
+    counts: TokenCounts
+    kept: KeptVocab
+    keep_ids: set[int]
+    summary: CorpusSummary
+
+    def coverage(self, points: int = COVERAGE_POINTS) -> list[list[float]]:
+        """[vocabulary size, share of corpus tokens covered] keeping the most frequent tokens first."""
+        ordered = np.sort(self.counts.counts[self.counts.counts > 0])[::-1]
+        cumulative = np.cumsum(ordered) / ordered.sum()
+        sizes = np.unique(np.geomspace(1, len(ordered), num=min(points, len(ordered))).round().astype(int))
+        return [[int(size), round(float(cumulative[size - 1]), 6)] for size in sizes]
+
+
+def scan_vocabulary(
+    source: ModelSource,
+    tokenizer_json: dict,
+    corpus_paths: list[Path],
+    *,
+    keep_tokens: str | None = None,
+    min_count: int = 1,
+    oov: str = DEFAULT_OOV,
+    max_vocab: int | None = None,
+    sample_size: int = 1000,
+    seed: int = 0,
+) -> VocabScan:
+    """Stream the corpus once: count token ids, note labels, keep a seeded sample; then choose the kept ids."""
+    tokenizer = open_tokenizer(tokenizer_json)
+    config = source.read_config()
+    summary = CorpusSummary(sample_size=sample_size, seed=seed)
+    counts = count_tokens(tokenizer, summary.observe(read_corpus(corpus_paths)))
+    keep_ids = read_keep_tokens(keep_tokens, tokenizer) if keep_tokens else set()
+    kept = choose_kept_ids(
+        counts,
+        special_token_ids(tokenizer_json, config),
+        unk_id=unk_token_id(tokenizer_json),
+        keep_ids=keep_ids,
+        min_count=min_count,
+        original_size=config.get("vocab_size"),
+        policy_ids=oov_token_ids(tokenizer_json, oov),
+        closure=token_closure(tokenizer_json),
+        max_vocab=max_vocab,
+    )
+    return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary)
+
+
+def unk_rate(tokenizer_json: dict, texts_paths: list[Path]) -> float | None:
+    """Share of the non-special tokens of some texts that come out as UNK (None: the family has no UNK)."""
+    unk_id = unk_token_id(tokenizer_json)
+    if unk_id is None:
+        return None
+    tokenizer = open_tokenizer(tokenizer_json)
+    special = {int(t["id"]) for t in tokenizer_json.get("added_tokens", []) if t.get("special")} - {unk_id}
+    unknown = total = 0
+    for batch in batched(iter_texts(texts_paths), 1024):
+        for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
+            ids = [i for i in encoding.ids if i not in special]
+            total += len(ids)
+            unknown += sum(1 for i in ids if i == unk_id)
+    return unknown / total if total else 0.0
+
+
+@dataclass(frozen=True)
+class SizePrediction:
+    model_bytes: int
+    tokenizer_bytes: int
+    other_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.tokenizer_bytes + self.other_bytes
+
+
+# Bytes a bundle carries besides weights and tokenizer: config.json, tokenizer_config.json, the manifest.
+METADATA_BYTES = 4_000
+# Graph structure (node and value definitions) per transformer layer, measured on optimum's BERT exports.
+GRAPH_BYTES_PER_LAYER = 18_500
+
+
+def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, num_labels: int | None, target: Target) -> SizePrediction:
+    """Predict the bundle's bytes from the architecture's parameter shapes (built on the meta device: no weights
+    are read) and the target's number format; the tokenizer is pruned for real, so its bytes are exact."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(source.path)
+    config.vocab_size = kept.size
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    with torch.device("meta"):
+        if num_labels is not None:
+            config.num_labels = num_labels
+            model = AutoModelForSequenceClassification.from_config(config)
+        elif is_classifier:
+            model = AutoModelForSequenceClassification.from_config(config)
+        else:
+            model = AutoModel.from_config(config)
+    weight_bytes = _weight_bytes(model, target.quantize)
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 1)
+    tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
+    return SizePrediction(
+        model_bytes=weight_bytes + GRAPH_BYTES_PER_LAYER * layers,
+        tokenizer_bytes=tokenizer_bytes,
+        other_bytes=METADATA_BYTES,
+    )
+
+
+def _weight_bytes(model, quantize: str) -> int:
+    from torch import nn
+
+    # int8 quantizes the matrices of Linear layers (MatMul) and embeddings (Gather): one byte per weight plus
+    # a scale and zero point; everything else stays fp32.
+    quantized = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+    total = 0
+    for parameter in {id(p): p for p in model.parameters()}.values():
+        if quantize == "int8" and id(parameter) in quantized:
+            total += parameter.numel() + 5
+        elif quantize == "fp16":
+            total += parameter.numel() * 2
+        else:
+            total += parameter.numel() * 4
+    return total
+
+
+def tokenizer_json_text(data: dict) -> str:
+    """The one way a tokenizer.json is serialized, so predicted and written bytes agree."""
+    return json.dumps(data, ensure_ascii=False, indent=2)
