@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from pema_export.errors import CorpusError
+from pema_export.errors import CorpusError, PemaError
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,31 @@ class TrainReport:
         return self.eval_accuracy_per_epoch[-1] if self.eval_accuracy_per_epoch else None
 
 
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` or ``cuda`` (``cuda:N``), checked before any work so a missing GPU is one clear line, not a trace."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PemaError(f"--device {name}: unknown device; use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise PemaError(f"--device {name}: unsupported; use cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__} has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise PemaError(f"--device {name}: {build}; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise PemaError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def labels_seen_once(labels: Sequence[str]) -> list[str]:
+    """Labels with a single text: they are trained on but cannot be held out, so accuracy never covers them."""
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return sorted(label for label, n in counts.items() if n == 1)
+
+
 def split_held_out(labels: Sequence[str], eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Stratified (train, eval) index lists. A label seen once stays in training only (it cannot be held out)."""
     by_label: dict[str, list[int]] = {}
@@ -76,8 +101,8 @@ def split_held_out(labels: Sequence[str], eval_fraction: float, seed: int) -> tu
 
 def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad_id: int, options: TrainOptions) -> TrainReport:
     """AdamW with linear warm-up/decay and gradient clipping; held-out accuracy after each epoch."""
+    device = resolve_device(options.device)
     torch.manual_seed(options.seed)
-    device = torch.device(options.device)
     model.to(device)
     optimizer = torch.optim.AdamW(_parameter_groups(model, options.weight_decay), lr=options.lr)
     steps_per_epoch = math.ceil(len(train_set) / options.batch_size)
