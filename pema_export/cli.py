@@ -40,7 +40,9 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128, help="tokens per text in training and checks (default 128)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu", help="where to fine-tune: cpu (default), cuda or cuda:N")
+    parser.add_argument("--save-full", metavar="DIR", help="also write a normal Hugging Face checkpoint with the full "
+                        "vocabulary (trained rows merged into the pretrained matrix) and the original tokenizer to DIR")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder/hub")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
     return parser
@@ -69,6 +71,7 @@ def run_export(argv: Sequence[str]) -> int:
         trust_remote_code=args.trust_remote_code,
         oov=args.oov,
         max_vocab=args.max_vocab,
+        save_full=args.save_full,
     )
     log = (lambda message: None) if args.quiet else (lambda message: print(f"pema-export: {message}", file=sys.stderr))
     result = run(options, log=log)

@@ -92,14 +92,34 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\r\n")
 
 
+class _LabelKinds:
+    """Text formats hold every label as text: integers mixed with words are their form of mixed label types."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.first: tuple[str, str] | None = None
+
+    def check(self, label: str, line: int) -> None:
+        kind = "an integer" if label.lstrip("-").isdigit() else "not an integer"
+        if self.first is None:
+            self.first = (kind, label)
+        elif kind != self.first[0]:
+            raise CorpusError(
+                f"corpus {self.path} line {line}: label {label!r} is {kind}, the first label {self.first[1]!r} is "
+                f"{self.first[0]} (mixed label types)"
+            )
+
+
 def _read_txt(path: Path) -> Iterator[Example]:
-    for _, line in _decoded_lines(path):
+    kinds = _LabelKinds(path)
+    for number, line in _decoded_lines(path):
         if not line.strip():
             continue
         if "\t" in line:
             label, text = line.split("\t", 1)
             label, text = label.strip(), text.strip()
             if label and text:
+                kinds.check(label, number)
                 yield Example(text, label)
                 continue
         yield Example(line.strip())
@@ -116,6 +136,7 @@ def _read_table(path: Path, delimiter: str) -> Iterator[Example]:
         raise CorpusError(f"corpus {path} has no 'text' column (columns: {', '.join(header)})")
     text_col = header.index("text")
     label_col = header.index("label") if "label" in header else None
+    kinds = _LabelKinds(path)
     for row in reader:
         if not any(cell.strip() for cell in row):
             continue
@@ -125,6 +146,8 @@ def _read_table(path: Path, delimiter: str) -> Iterator[Example]:
         if not text:
             continue
         label = row[label_col].strip() if label_col is not None else None
+        if label:
+            kinds.check(label, reader.line_num)
         yield Example(text, label or None)
 
 

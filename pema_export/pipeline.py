@@ -15,11 +15,11 @@ from pema_export.corpus import CorpusSummary, check_corpus_paths, load_examples,
 from pema_export.errors import CorpusError
 from pema_export.export import export_onnx
 from pema_export.models import resolve_model
-from pema_export.pema import load_partial_model, map_ids
+from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
 from pema_export.profiles import load_target
 from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, token_closure, tokenizer_family
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
-from pema_export.train import EncodedSet, TrainOptions, TrainReport, fine_tune, split_held_out
+from pema_export.train import EncodedSet, TrainOptions, TrainReport, fine_tune, labels_seen_once, resolve_device, split_held_out
 from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, torch_reference
 from pema_export.vocab import (
     DEFAULT_OOV,
@@ -49,6 +49,7 @@ class ExportOptions:
     trust_remote_code: bool = False
     oov: str = DEFAULT_OOV
     max_vocab: int | None = None
+    save_full: str | None = None  # --save-full DIR: also write a full-vocabulary Hugging Face checkpoint
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,9 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     check_output_path(out)
     corpus_paths = check_corpus_paths(options.corpus)
     eval_paths = check_corpus_paths([options.eval_file]) if options.eval_file else []
+    resolve_device(options.train.device)
+    if options.save_full:
+        check_save_full_dir(Path(options.save_full))
     source = resolve_model(options.model)
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     check_supported(tokenizer_json)
@@ -95,7 +99,9 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     if 0 < summary.labelled < summary.texts:
         load_examples(corpus_paths)  # raises, naming the first unlabelled text
     labels = _labels(corpus_paths) if labelled else None
-    partial = load_partial_model(source, kept, labels=labels, trust_remote_code=options.trust_remote_code)
+    partial = load_partial_model(
+        source, kept, labels=labels, trust_remote_code=options.trust_remote_code, seed=options.train.seed
+    )
     training = None
     if labelled:
         training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log)
@@ -163,6 +169,10 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         staged.write_manifest(manifest)
         files = staged.commit()
     log(f"wrote {len(files)} files to {out.parent}")
+    if options.save_full:
+        # After the bundle: a failed export leaves no full checkpoint either; the folder appears whole or not at all.
+        save_full_model(partial.model, kept, source, Path(options.save_full))
+        log(f"wrote the full-vocabulary checkpoint (trained rows merged into {source.name}) to {options.save_full}")
     return ExportResult(out_dir=out.parent, files=files, manifest=manifest)
 
 
@@ -183,6 +193,9 @@ def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, 
             raise CorpusError(f"--eval file has labels the corpus does not: {', '.join(map(repr, unknown))}")
     else:
         train_idx, eval_idx = split_held_out([e.label for e in examples], options.eval_split, options.train.seed)
+        once = labels_seen_once([e.label for e in examples])
+        if once:
+            log(f"labels with a single text are trained on but not held out: {', '.join(map(repr, once))}")
         train_examples, eval_examples = [examples[i] for i in train_idx], [examples[i] for i in eval_idx]
     tokenizer = open_tokenizer(json.loads(tokenizer.to_str()))
     tokenizer.enable_truncation(options.max_length)
