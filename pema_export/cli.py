@@ -24,7 +24,10 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", action="append", required=True, metavar="FILE",
                         help="app texts: .txt (label<TAB>text or text), .tsv/.csv (text[,label]), .jsonl; repeatable")
     parser.add_argument("--out", required=True, metavar="PATH.onnx", help="model file to write; the bundle goes beside it")
-    parser.add_argument("--target", default="cpu", help="target profile name or path to a .toml profile (default: cpu)")
+    parser.add_argument("--target", default="cpu", help="target profile name or path to a .toml profile (default: cpu; "
+                        "list: pema-export targets)")
+    parser.add_argument("--quantize", metavar="none|int8|fp16", help="number format, overriding the target profile's; "
+                        "int8/fp16 must agree with fp32 on >= 99%% of corpus texts (docs/targets.md)")
     parser.add_argument("--keep-tokens", metavar="FILE", help="tokens or texts (one per line) whose tokens must be kept")
     parser.add_argument("--min-count", type=int, default=1, help="keep tokens used at least this often (default 1)")
     parser.add_argument("--oov", choices=OOV_POLICIES, default=DEFAULT_OOV,
@@ -71,6 +74,7 @@ def run_export(argv: Sequence[str]) -> int:
         trust_remote_code=args.trust_remote_code,
         oov=args.oov,
         max_vocab=args.max_vocab,
+        quantize=args.quantize,
         save_full=args.save_full,
     )
     log = (lambda message: None) if args.quiet else (lambda message: print(f"pema-export: {message}", file=sys.stderr))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,10 +18,11 @@ from pema_export.export import export_onnx
 from pema_export.models import resolve_model
 from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
 from pema_export.profiles import load_target
+from pema_export.stages import ModelShape, check_target_output, ship
 from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, token_closure, tokenizer_family
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
 from pema_export.train import EncodedSet, TrainOptions, TrainReport, fine_tune, labels_seen_once, resolve_device, split_held_out
-from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, torch_reference
+from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, onnx_reference, torch_reference
 from pema_export.vocab import (
     DEFAULT_OOV,
     KeptVocab,
@@ -49,6 +51,7 @@ class ExportOptions:
     trust_remote_code: bool = False
     oov: str = DEFAULT_OOV
     max_vocab: int | None = None
+    quantize: str | None = None  # --quantize: overrides the target profile's number format
     save_full: str | None = None  # --save-full DIR: also write a full-vocabulary Hugging Face checkpoint
 
 
@@ -62,9 +65,10 @@ class ExportResult:
 def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
     """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
     # Everything that can be checked cheaply is checked before any work starts.
-    target = load_target(options.target)
+    target = load_target(options.target, quantize=options.quantize)
     out = Path(options.out)
     check_output_path(out)
+    check_target_output(target, out)
     corpus_paths = check_corpus_paths(options.corpus)
     eval_paths = check_corpus_paths([options.eval_file]) if options.eval_file else []
     resolve_device(options.train.device)
@@ -107,7 +111,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log)
 
     # 4-7. Rewrite the tokenizer, export, verify, and only then move the bundle into place.
-    with StagedBundle(out.parent) as staged:
+    with StagedBundle(out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as work:
         pruned_json = prune_tokenizer(tokenizer_json, kept.kept_ids)
         staged.path("tokenizer.json").write_text(json.dumps(pruned_json, ensure_ascii=False, indent=2), encoding="utf-8")
         id_map = {int(old): new for new, old in enumerate(kept.kept_ids)}
@@ -118,19 +122,23 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
         partial.model.config.to_json_file(str(staged.path("config.json")))
         log(f"exporting {partial.task} to ONNX (opset {target.opset})")
-        export_onnx(partial.model, partial.task, target, staged.path(out.name), pooling=partial.pooling)
+        fp32_onnx = Path(work) / "fp32.onnx"  # the reference every later stage is checked against; shipped only by web
+        export_onnx(partial.model, partial.task, target, fp32_onnx, pooling=partial.pooling)
 
         log("verifying tokenization on every corpus text and outputs on a sample with onnxruntime")
         pruned_tokenizer = open_tokenizer(staged.path("tokenizer.json"))
         fidelity = check_tokenization(original_tokenizer, pruned_tokenizer, kept, (e.text for e in read_corpus(corpus_paths)))
         pruned_tokenizer.enable_truncation(options.max_length)
         parity = check_parity(
-            staged.path(out.name),
+            fp32_onnx,
             torch_reference(partial.model, partial.pooling),
             pruned_tokenizer,
             summary.sample_texts,
             pad_id=_pad_id(partial.model.config),
         )
+        log(f"building the {target.name} bundle: {_stage_names(target)}, each checked against the fp32 ONNX")
+        reference = onnx_reference(fp32_onnx, pruned_tokenizer, summary.sample_texts, pad_id=_pad_id(partial.model.config))
+        shipped = ship(target, fp32_onnx, ModelShape.from_config(partial.model.config), reference, staged, out, Path(work), log)
         manifest = {
             "pema_export": __version__,
             "model": {"source": source.name, "architecture": type(partial.model).__name__, "task": partial.task},
@@ -163,6 +171,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 "atol": PARITY_ATOL,
                 "outputs": list(parity.outputs),
             },
+            **shipped.manifest_fields(),
             "files": staged.file_entries(),
             "versions": _versions(),
         }
@@ -221,6 +230,11 @@ def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, 
         "seed": options.train.seed,
         "labels": labels,
     }
+
+
+def _stage_names(target) -> str:
+    names = ["optimize"] * target.optimize + [f"quantize {target.quantize}"] * (target.quantize != "none")
+    return " -> ".join(names + ["convert to ORT"] * (target.format == "ort")) or "fp32 as exported"
 
 
 def _pad_id(config) -> int:

@@ -1,16 +1,25 @@
-"""Target profiles: TOML files in ``targets/`` (shipped in the wheel) or a path the user gives."""
+"""Target profiles: TOML files in ``targets/`` (shipped in the wheel) or a path the user gives.
+
+A profile says what the app ships: the file format (plain ONNX, ONNX Runtime's ORT format for ONNX Runtime Mobile,
+or the transformers.js folder layout), whether onnxruntime's transformer fusions run, the number format
+(``quantize``) and which number formats the target can take at all (``quantize_allowed``, checked against
+``--quantize`` before any work starts).
+"""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from pema_export.errors import TargetError
 
-FORMATS = ("onnx",)
-QUANTIZE = ("none",)
+FORMATS = ("onnx", "ort", "transformers.js")
+QUANTIZE = ("none", "int8", "fp16")
+ORT_OPTIMIZATION_STYLES = ("Fixed", "Runtime")
+ORT_TARGET_PLATFORMS = ("arm", "amd64")
+GUIDANCE_EPS = ("nnapi", "coreml")
 
 
 @dataclass(frozen=True)
@@ -21,9 +30,42 @@ class Target:
     opset: int = 18
     quantize: str = "none"
     source: str = ""
+    optimize: bool = False  # onnxruntime.transformers fusions (attention, LayerNorm, GELU) where the architecture has them
+    quantize_allowed: tuple[str, ...] = QUANTIZE
+    ort_optimization_style: str = "Fixed"
+    ort_target_platform: str = "arm"
+    guidance: tuple[str, ...] = ()  # mobile EPs whose partitioning the manifest explains
+
+    def with_quantize(self, quantize: str | None) -> "Target":
+        """The profile with ``--quantize`` applied; a number format the target cannot take is refused by name."""
+        if quantize is None:
+            return self
+        if quantize not in QUANTIZE:
+            raise TargetError(f"--quantize {quantize!r} must be one of {', '.join(QUANTIZE)}")
+        if quantize not in self.quantize_allowed:
+            raise TargetError(
+                f"target {self.name} cannot take --quantize {quantize} (it takes {', '.join(self.quantize_allowed)})"
+            )
+        return replace(self, quantize=quantize)
 
     def as_manifest(self) -> dict:
-        return {"name": self.name, "format": self.format, "opset": self.opset, "quantize": self.quantize}
+        entry = {
+            "name": self.name,
+            "format": self.format,
+            "opset": self.opset,
+            "quantize": self.quantize,
+            "optimize": self.optimize,
+        }
+        if self.format == "ort":
+            entry["ort_optimization_style"] = self.ort_optimization_style
+            entry["ort_target_platform"] = self.ort_target_platform
+        if self.guidance:
+            entry["guidance"] = list(self.guidance)
+        return entry
+
+
+def _is_str_list(choices: tuple[str, ...]):
+    return lambda v: isinstance(v, list) and bool(v) and all(isinstance(x, str) and x in choices for x in v)
 
 
 # key -> (type, check, what a valid value is)
@@ -33,7 +75,13 @@ _KEYS = {
     "format": (str, lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}"),
     "opset": (int, lambda v: 14 <= v <= 21, "an integer from 14 to 21"),
     "quantize": (str, lambda v: v in QUANTIZE, f"one of {', '.join(QUANTIZE)}"),
+    "optimize": (bool, lambda v: True, "true or false"),
+    "quantize_allowed": (list, _is_str_list(QUANTIZE), f"a non-empty list of {', '.join(QUANTIZE)}"),
+    "ort_optimization_style": (str, lambda v: v in ORT_OPTIMIZATION_STYLES, f"one of {', '.join(ORT_OPTIMIZATION_STYLES)}"),
+    "ort_target_platform": (str, lambda v: v in ORT_TARGET_PLATFORMS, f"one of {', '.join(ORT_TARGET_PLATFORMS)}"),
+    "guidance": (list, _is_str_list(GUIDANCE_EPS), f"a list of {', '.join(GUIDANCE_EPS)}"),
 }
+_ORT_ONLY = ("ort_optimization_style", "ort_target_platform", "guidance")
 
 
 def builtin_targets() -> dict[str, Path]:
@@ -41,8 +89,9 @@ def builtin_targets() -> dict[str, Path]:
     return {entry.name.removesuffix(".toml"): Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".toml")}
 
 
-def load_target(name_or_path: str) -> Target:
-    """A built-in profile by name, or a profile file by path; unknown names and malformed keys are named."""
+def load_target(name_or_path: str, quantize: str | None = None) -> Target:
+    """A built-in profile by name, or a profile file by path, with ``--quantize`` applied; unknown names and
+    malformed keys are named."""
     builtin = builtin_targets()
     if name_or_path in builtin:
         path = builtin[name_or_path]
@@ -56,7 +105,7 @@ def load_target(name_or_path: str) -> Target:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TargetError(f"target profile {path} is not valid TOML: {exc}") from None
-    return parse_target(data, str(path))
+    return parse_target(data, str(path)).with_quantize(quantize)
 
 
 def parse_target(data: dict, source: str) -> Target:
@@ -64,8 +113,23 @@ def parse_target(data: dict, source: str) -> Target:
         if key not in _KEYS:
             raise TargetError(f"target profile {source}: unknown key {key!r} (known: {', '.join(_KEYS)})")
         kind, valid, what = _KEYS[key]
-        if not isinstance(value, kind) or isinstance(value, bool) or not valid(value):
+        # bool is an int in Python: a bare `opset = true` must not pass as 1
+        wrong_type = not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+        if wrong_type or not valid(value):
             raise TargetError(f"target profile {source}: {key} = {value!r} must be {what}")
     if "name" not in data:
         raise TargetError(f"target profile {source}: missing key 'name'")
-    return Target(**{"description": "", **data}, source=source)
+    values = {"description": "", **data}
+    for key in ("quantize_allowed", "guidance"):
+        if key in values:
+            values[key] = tuple(values[key])
+    target = Target(**values, source=source)
+    if target.quantize not in target.quantize_allowed:
+        raise TargetError(
+            f"target profile {source}: quantize = {target.quantize!r} is not in quantize_allowed {list(target.quantize_allowed)}"
+        )
+    if target.format != "ort":
+        for key in _ORT_ONLY:
+            if key in data:
+                raise TargetError(f"target profile {source}: {key} applies only to format = \"ort\", not {target.format!r}")
+    return target
