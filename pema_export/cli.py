@@ -36,6 +36,8 @@ def export_parser() -> argparse.ArgumentParser:
                         "see docs/tokenizers.md for the measurement)")
     parser.add_argument("--max-vocab", type=int, metavar="N", help="keep at most N tokens: the most used corpus tokens "
                         "after special, --keep-tokens and --oov pieces")
+    parser.add_argument("--task", choices=["fill-mask"], help="export the masked-LM head (logits over the kept "
+                        "vocabulary) instead of a classifier/feature extractor")
     parser.add_argument("--eval", dest="eval_file", metavar="FILE", help="labelled held-out file (default: a split of the corpus)")
     parser.add_argument("--eval-split", type=float, default=0.1, help="held-out share of a labelled corpus (default 0.1)")
     parser.add_argument("--epochs", type=int, default=3)
@@ -74,6 +76,7 @@ def run_export(argv: Sequence[str]) -> int:
         trust_remote_code=args.trust_remote_code,
         oov=args.oov,
         max_vocab=args.max_vocab,
+        task=args.task,
         quantize=args.quantize,
         save_full=args.save_full,
     )

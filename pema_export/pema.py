@@ -297,6 +297,9 @@ def _build_sliced(auto, config, checkpoint: Checkpoint, kept: KeptVocab, seed: i
     remap_config_ids(config, kept)
     with init_empty_weights():  # parameters on the meta device; buffers (position ids) stay real
         model = auto.from_config(config, **kwargs)
+    # Tie before loading, so each tied tensor is read once under the name the checkpoint stores it by; tying only
+    # afterwards lets RobertaLMHead keep a freshly initialised decoder bias instead of the stored lm_head.bias.
+    model.tie_weights()
     embeddings = getattr(model.base_model, "embeddings", None)
     if getattr(embeddings, "padding_idx", None) is not None and original_pad != config.pad_token_id:
         # RoBERTa-style embeddings count positions from the pad id; renumbering it would shift every position.
@@ -310,8 +313,12 @@ def _build_sliced(auto, config, checkpoint: Checkpoint, kept: KeptVocab, seed: i
     original_params = 0
     original_embedding_params = None
     targets = _distinct_state(model)
+    # A tied tensor may be stored under any of its names (RobertaLMHead: "lm_head.bias", not "lm_head.decoder.bias").
+    aliases: dict[int, list[str]] = {}
+    for alias, tensor in model.state_dict(keep_vars=True).items():
+        aliases.setdefault(id(tensor), []).append(_canonical(alias, prefix))
     for name, tensor in targets.items():
-        stored = stored_by_canonical.get(_canonical(name, prefix))
+        stored = next((stored_by_canonical[a] for a in aliases[id(tensor)] if a in stored_by_canonical), None)
         wanted = tuple(tensor.shape)
         is_embedding = tensor is embedding_param
         shape = checkpoint.shapes.get(stored) if stored else None

@@ -51,6 +51,7 @@ class ExportOptions:
     trust_remote_code: bool = False
     oov: str = DEFAULT_OOV
     max_vocab: int | None = None
+    task: str | None = None  # "fill-mask"; None: a classifier for a labelled corpus, else the model as it is
     quantize: str | None = None  # --quantize: overrides the target profile's number format
     save_full: str | None = None  # --save-full DIR: also write a full-vocabulary Hugging Face checkpoint
 
@@ -99,12 +100,14 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
 
     # 3. Build the model with the partial embedding from the start, then fine-tune when labelled.
-    labelled = summary.labelled == summary.texts
+    labelled = summary.labelled == summary.texts and options.task != "fill-mask"
+    if options.task == "fill-mask" and summary.labelled:
+        log("--task fill-mask: the corpus labels are ignored (no fine-tuning of the masked-LM head)")
     if 0 < summary.labelled < summary.texts:
         load_examples(corpus_paths)  # raises, naming the first unlabelled text
     labels = _labels(corpus_paths) if labelled else None
     partial = load_partial_model(
-        source, kept, labels=labels, trust_remote_code=options.trust_remote_code, seed=options.train.seed
+        source, kept, labels=labels, trust_remote_code=options.trust_remote_code, task=options.task, seed=options.train.seed
     )
     training = None
     if labelled:
