@@ -204,10 +204,11 @@ class Checkpoint:
         row_bytes = math.prod(row_shape) * stored.dtype.itemsize
         if rows is None:
             rows = np.arange(stored.shape[0] if stored.shape else 1)  # a scalar is one row of one element
-        buffer = bytearray(len(rows) * row_bytes)
-        if not buffer:
-            return torch.empty((len(rows), *row_shape) if stored.shape else (), dtype=stored.dtype)
-        view = memoryview(buffer)
+        # torch.empty gives aligned memory (a bytearray would not), which the CPU kernels run faster on.
+        tensor = torch.empty((len(rows), *row_shape) if stored.shape else (), dtype=stored.dtype)
+        if tensor.numel() == 0:
+            return tensor
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
         # Consecutive rows form one run and one read.
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         with open(stored.path, "rb", buffering=0) as handle:
@@ -215,8 +216,7 @@ class Checkpoint:
                 first, count = int(run[0]), len(run)
                 _read_exactly(handle.fileno(), view[first * row_bytes : (first + count) * row_bytes],
                               stored.offset + int(rows[first]) * row_bytes)
-        tensor = torch.frombuffer(buffer, dtype=stored.dtype)
-        return tensor.reshape((len(rows), *row_shape) if stored.shape else ())
+        return tensor
 
 
 def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
