@@ -11,29 +11,20 @@ from typing import Callable
 import numpy as np
 
 from pema_export import __version__
-from pema_export.bundle import MANIFEST_NAME, StagedBundle, check_output_path
-from pema_export.corpus import CorpusSummary, check_corpus_paths, load_examples, read_corpus
+from pema_export.bundle import StagedBundle, check_output_path
+from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
 from pema_export.errors import CorpusError
 from pema_export.export import export_onnx
 from pema_export.models import resolve_model
 from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
 from pema_export.profiles import load_target
+from pema_export.scan import scan_vocabulary, tokenizer_json_text
 from pema_export.stages import ModelShape, check_target_output, ship
-from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, token_closure, tokenizer_family
+from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, tokenizer_family
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
 from pema_export.train import EncodedSet, TrainOptions, TrainReport, fine_tune, labels_seen_once, resolve_device, split_held_out
 from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, onnx_reference, torch_reference
-from pema_export.vocab import (
-    DEFAULT_OOV,
-    KeptVocab,
-    choose_kept_ids,
-    count_tokens,
-    oov_token_ids,
-    open_tokenizer,
-    read_keep_tokens,
-    special_token_ids,
-    unk_token_id,
-)
+from pema_export.vocab import DEFAULT_OOV, KeptVocab, open_tokenizer
 
 
 @dataclass(frozen=True)
@@ -78,25 +69,22 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     source = resolve_model(options.model)
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     check_supported(tokenizer_json)
-    config = source.read_config()
     original_tokenizer = open_tokenizer(source.tokenizer_json)
 
-    # 1-2. Stream the corpus once: count token ids, note labels, keep a parity sample.
+    # 1-2. Stream the corpus once: count token ids, note labels, keep a parity sample; choose the kept ids.
     log(f"scanning {', '.join(str(p) for p in corpus_paths)} with the {source.name} tokenizer")
-    summary = CorpusSummary(sample_size=PARITY_SAMPLE, seed=options.train.seed)
-    counts = count_tokens(original_tokenizer, summary.observe(read_corpus(corpus_paths)))
-    keep_ids = read_keep_tokens(options.keep_tokens, original_tokenizer) if options.keep_tokens else set()
-    kept = choose_kept_ids(
-        counts,
-        special_token_ids(tokenizer_json, config),
-        unk_id=unk_token_id(tokenizer_json),
-        keep_ids=keep_ids,
+    scan = scan_vocabulary(
+        source,
+        tokenizer_json,
+        corpus_paths,
+        keep_tokens=options.keep_tokens,
         min_count=options.min_count,
-        original_size=config.get("vocab_size"),
-        policy_ids=oov_token_ids(tokenizer_json, options.oov),
-        closure=token_closure(tokenizer_json),
+        oov=options.oov,
         max_vocab=options.max_vocab,
+        sample_size=PARITY_SAMPLE,
+        seed=options.train.seed,
     )
+    counts, kept, keep_ids, summary = scan.counts, scan.kept, scan.keep_ids, scan.summary
     log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
 
     # 3. Build the model with the partial embedding from the start, then fine-tune when labelled.
@@ -105,7 +93,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         log("--task fill-mask: the corpus labels are ignored (no fine-tuning of the masked-LM head)")
     if 0 < summary.labelled < summary.texts:
         load_examples(corpus_paths)  # raises, naming the first unlabelled text
-    labels = _labels(corpus_paths) if labelled else None
+    labels = _labels(summary.labels) if labelled else None
     partial = load_partial_model(
         source, kept, labels=labels, trust_remote_code=options.trust_remote_code, task=options.task, seed=options.train.seed
     )
@@ -116,7 +104,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     # 4-7. Rewrite the tokenizer, export, verify, and only then move the bundle into place.
     with StagedBundle(out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as work:
         pruned_json = prune_tokenizer(tokenizer_json, kept.kept_ids)
-        staged.path("tokenizer.json").write_text(json.dumps(pruned_json, ensure_ascii=False, indent=2), encoding="utf-8")
+        staged.path("tokenizer.json").write_text(tokenizer_json_text(pruned_json), encoding="utf-8")
         id_map = {int(old): new for new, old in enumerate(kept.kept_ids)}
         # Runtimes that read SentencePiece files (onnxruntime-extensions) get the same pruned vocabulary.
         for name, data in prune_sentencepiece_files(source.path, tokenizer_json, pruned_json).items():
@@ -155,6 +143,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 "oov": options.oov,
                 "max_vocab": options.max_vocab,
                 "keep_tokens": len(keep_ids),
+                "coverage": scan.coverage(),
             },
             "params": {
                 "original": partial.original_params,
@@ -188,8 +177,8 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     return ExportResult(out_dir=out.parent, files=files, manifest=manifest)
 
 
-def _labels(corpus_paths: list[Path]) -> list[str]:
-    labels = sorted({e.label for e in read_corpus(corpus_paths)})
+def _labels(seen: set[str]) -> list[str]:
+    labels = sorted(seen)
     if len(labels) < 2:
         raise CorpusError(f"the corpus has a single label {labels[0]!r}: a classifier needs at least two classes")
     return labels

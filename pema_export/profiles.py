@@ -35,6 +35,7 @@ class Target:
     ort_optimization_style: str = "Fixed"
     ort_target_platform: str = "arm"
     guidance: tuple[str, ...] = ()  # mobile EPs whose partitioning the manifest explains
+    max_bytes: int | None = None  # the bundle's size budget; `pema-export check` enforces it
 
     def with_quantize(self, quantize: str | None) -> "Target":
         """The profile with ``--quantize`` applied; a number format the target cannot take is refused by name."""
@@ -61,6 +62,8 @@ class Target:
             entry["ort_target_platform"] = self.ort_target_platform
         if self.guidance:
             entry["guidance"] = list(self.guidance)
+        if self.max_bytes is not None:
+            entry["max_bytes"] = self.max_bytes
         return entry
 
 
@@ -80,6 +83,7 @@ _KEYS = {
     "ort_optimization_style": (str, lambda v: v in ORT_OPTIMIZATION_STYLES, f"one of {', '.join(ORT_OPTIMIZATION_STYLES)}"),
     "ort_target_platform": (str, lambda v: v in ORT_TARGET_PLATFORMS, f"one of {', '.join(ORT_TARGET_PLATFORMS)}"),
     "guidance": (list, _is_str_list(GUIDANCE_EPS), f"a list of {', '.join(GUIDANCE_EPS)}"),
+    "max_bytes": (int, lambda v: v > 0, "a positive integer (bytes)"),
 }
 _ORT_ONLY = ("ort_optimization_style", "ort_target_platform", "guidance")
 

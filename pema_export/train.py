@@ -18,8 +18,8 @@ from pema_export.errors import CorpusError, PemaError
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 3
-    lr: float = 5e-5
+    epochs: int = 5  # the CLI's defaults; why: see cli.py
+    lr: float = 1e-4
     batch_size: int = 16
     weight_decay: float = 0.01  # never applied to embeddings, biases or LayerNorm (see README: PEMA and decay)
     warmup_ratio: float = 0.06

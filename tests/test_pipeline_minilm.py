@@ -103,3 +103,15 @@ def test_unlabelled_corpus_exports_sentence_embeddings_like_sentence_transformer
     # the original, unpruned model through the sentence-transformers library itself
     want = SentenceTransformer(str(minilm_path), device="cpu").encode(texts, convert_to_numpy=True)
     assert np.abs(np.array(got) - want).max() < 1e-4
+
+
+def test_scan_predicts_the_bundle_within_two_percent(classifier_bundle, capsys):
+    from pema_export.cli import main
+    from pema_export.size import bundle_report
+
+    out, manifest, _ = classifier_bundle
+    assert main(["scan", "--corpus", str(SAMPLES / "app_texts.txt"), "--quantize", "none", "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    written = bundle_report(out.parent).total_bytes
+    assert predicted["vocab"]["kept"] == manifest["vocab"]["kept"]
+    assert abs(predicted["predicted_bytes"]["total"] - written) / written < 0.02
