@@ -171,7 +171,8 @@ def test_onnxruntime_loads_every_model_file_and_it_answers_as_the_manifest_says(
         if check["precision"] == "fp32":
             assert check["max_abs_diff"] <= 1e-4
         else:
-            assert check["min_cosine"] >= 0.99 and check["bound"] == "min_cosine >= 0.99"
+            assert check["mean_cosine"] >= 0.99 and check["min_cosine"] >= 0.98
+            assert check["bound"] == "mean_cosine >= 0.99 and min_cosine >= 0.98"
 
 
 def test_cpu_fuses_then_quantizes_and_reports_the_embedding_bytes(tiny_bundles):
@@ -244,7 +245,7 @@ def test_a_stage_that_misses_its_bound_fails_the_export_naming_it_and_writes_not
 
     monkeypatch.setattr(quantize_module, "quantize_int8", scrambled_int8)
     out = tmp_path / "app" / "model.onnx"
-    with pytest.raises(VerificationError, match=r"^stage 'quantize int8' failed: cosine similarity to fp32 is .* < 0\.99 on corpus text"):
+    with pytest.raises(VerificationError, match=r"^stage 'quantize int8' failed: (mean )?cosine similarity to fp32 is .* < 0\.9[89]"):
         run(ExportOptions(corpus=[str(search_corpus)], out=str(out), model=str(tiny_bert), target="android"))
     assert not out.parent.exists()
 
@@ -297,11 +298,24 @@ def test_check_stage_int8_bound_is_99_percent_top1_agreement(tmp_path):
         check_stage("quantize int8", _bag_of_embeddings(tmp_path / "swapped.onnx", swapped, "logits"), reference, "int8")
 
 
-def test_check_stage_int8_bound_for_encoders_is_cosine_99(tmp_path):
+def test_check_stage_int8_bound_for_encoders_is_mean_cosine_99_with_a_floor(tmp_path):
     table = np.random.default_rng(0).normal(size=(20, 8))
     reference = _reference(_bag_of_embeddings(tmp_path / "fp32.onnx", table, "sentence_embedding"))
     close = check_stage("convert to ORT", _bag_of_embeddings(tmp_path / "close.onnx", table * 1.5 + 1e-3, "sentence_embedding"), reference, "int8")
     assert close.min_cosine > 0.999  # scale does not change a direction
     noisy = table + np.random.default_rng(2).normal(scale=0.5, size=table.shape)
-    with pytest.raises(VerificationError, match=r"^stage 'convert to ORT' failed: cosine similarity to fp32 is 0\.\d+ < 0\.99"):
+    with pytest.raises(VerificationError, match=r"^stage 'convert to ORT' failed: mean cosine similarity to fp32 is 0\.\d+ < 0\.99"):
         check_stage("convert to ORT", _bag_of_embeddings(tmp_path / "noisy.onnx", noisy, "sentence_embedding"), reference, "int8")
+    # 199 texts use rows 0-18, one text uses only row 19; that row turned orthogonal keeps the mean at 0.995,
+    # and the floor catches the one text
+    fp32 = _bag_of_embeddings(tmp_path / "fp32-200.onnx", table, "sentence_embedding")
+    rng = np.random.default_rng(3)
+    feeds = [{"input_ids": rng.integers(0, 19, (1, 6)), "attention_mask": np.ones((1, 6), np.int64)} for _ in range(199)]
+    feeds.append({"input_ids": np.full((1, 6), 19), "attention_mask": np.ones((1, 6), np.int64)})
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    outputs = [{"sentence_embedding": session.run(["sentence_embedding"], feed)[0]} for feed in feeds]
+    reference = OnnxReference([f"text {i}" for i in range(200)], feeds, outputs)
+    ruined, row, other = table.copy(), table[19], rng.normal(size=8)
+    ruined[19] = other - (other @ row) / (row @ row) * row  # orthogonal to what it was
+    with pytest.raises(VerificationError, match=r"cosine similarity to fp32 is -?0\.\d+ < 0\.98 on corpus text 'text 199'"):
+        check_stage("convert to ORT", _bag_of_embeddings(tmp_path / "ruined.onnx", ruined, "sentence_embedding"), reference, "int8")

@@ -2,9 +2,8 @@
 export for the module, no training), shipped to the web and loaded by transformers.js in Node, and by Python
 onnxruntime as .onnx and .ort.
 
-The int8 bound for classifiers (top-1 agreement) is tested on hand-built graphs in test_targets.py; on MiniLM
-fine-tuned on the samples with the default 3 epochs it measures 98.8-99.6% depending on the training run, too
-close to the 99% bound for a test that must not flake (docs/targets.md)."""
+The int8 bound for classifiers (top-1 agreement) is tested on hand-built graphs in test_targets.py; here the
+encoder's int8 bound is mean cosine >= 0.99 with a 0.98 floor for the worst text (verify.py says why)."""
 
 from __future__ import annotations
 
@@ -74,11 +73,11 @@ def _run_onnx(path: Path, ids: list[list[int]], output: str = OUTPUT) -> list[np
     return results
 
 
-def _corpus_min_cosine(candidate: Path, fp32: Path, bundle: Path) -> float:
-    """The worst corpus text's cosine similarity to fp32, each text alone, truncated as the export does."""
+def _corpus_cosines(candidate: Path, fp32: Path, bundle: Path) -> np.ndarray:
+    """Each corpus text's cosine similarity to fp32, each text alone, truncated as the export does."""
     ids = [row[:128] for row in _python_ids(bundle, _corpus())]
     got, want = _run_onnx(candidate, ids), _run_onnx(fp32, ids)
-    return min(float(g @ w / (np.linalg.norm(g) * np.linalg.norm(w))) for g, w in zip(got, want))
+    return np.array([float(g @ w / (np.linalg.norm(g) * np.linalg.norm(w))) for g, w in zip(got, want)])
 
 
 def test_transformers_js_loads_the_web_bundle_offline_fp32_and_q8_matching_onnxruntime(web_bundle, tmp_path):
@@ -115,10 +114,11 @@ def test_the_web_bundle_answers_as_its_manifest_says(web_bundle):
     assert set(manifest["files"]) == {"config.json", "tokenizer.json", "tokenizer_config.json",
                                       "onnx/model.onnx", "onnx/model_quantized.onnx"}
     check = next(stage["check"] for stage in manifest["stages"] if stage["stage"] == "quantize int8")
-    assert check["texts_checked"] == len(_corpus()) and check["bound"] == "min_cosine >= 0.99"
-    recomputed = _corpus_min_cosine(bundle / "onnx/model_quantized.onnx", bundle / "onnx/model.onnx", bundle)
-    assert recomputed == pytest.approx(check["min_cosine"], abs=1e-6)
-    assert recomputed >= 0.99
+    assert check["texts_checked"] == len(_corpus()) and check["bound"] == "mean_cosine >= 0.99 and min_cosine >= 0.98"
+    recomputed = _corpus_cosines(bundle / "onnx/model_quantized.onnx", bundle / "onnx/model.onnx", bundle)
+    assert recomputed.min() == pytest.approx(check["min_cosine"], abs=1e-6)
+    assert recomputed.mean() == pytest.approx(check["mean_cosine"], abs=1e-6)
+    assert recomputed.mean() >= 0.99 and recomputed.min() >= 0.98
     quantized = manifest["embedding_bytes"]["onnx/model_quantized.onnx"]
     assert quantized == {"dtype": "uint8", "bytes": manifest["vocab"]["kept"] * 384}
     assert manifest["embedding_bytes"]["onnx/model.onnx"]["bytes"] == 4 * quantized["bytes"]
@@ -139,6 +139,6 @@ def test_the_trained_model_passes_every_stage_and_the_shipped_file_answers_as_re
                       staged, out, Path(work))
         staged.commit()
     final = result.stages[-1]["check"]
-    assert final["precision"] == "int8" and final["min_cosine"] >= 0.99
-    assert _corpus_min_cosine(out.parent / shipped, fp32, bundle) == pytest.approx(final["min_cosine"], abs=1e-6)
+    assert final["precision"] == "int8" and final["mean_cosine"] >= 0.99 and final["min_cosine"] >= 0.98
+    assert _corpus_cosines(out.parent / shipped, fp32, bundle).min() == pytest.approx(final["min_cosine"], abs=1e-6)
     assert not (out.parent / MANIFEST_NAME).exists()  # ship() stages model files; the pipeline writes the manifest
