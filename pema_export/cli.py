@@ -33,10 +33,18 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-count", type=int, default=1, help="keep tokens used at least this often (default 1)")
     parser.add_argument("--oov", choices=OOV_POLICIES, default=DEFAULT_OOV,
                         help="text the corpus never had: 'fallback' keeps every single-character piece so unseen words "
-                        f"degrade to known characters; 'unk' keeps only what the corpus uses (default {DEFAULT_OOV}; "
-                        "see docs/tokenizers.md for the measurement)")
-    parser.add_argument("--max-vocab", type=int, metavar="N", help="keep at most N tokens: the most used corpus tokens "
-                        "after special, --keep-tokens and --oov pieces")
+                        "degrade to known characters; 'unk' keeps only what the corpus uses; 'remap' ships the original "
+                        "tokenizer and runs each dropped token as its nearest kept token (a table in the graph) "
+                        f"(default {DEFAULT_OOV}; see docs/oov.md for the measurement)")
+    parser.add_argument("--max-vocab", type=int, metavar="N", help="keep at most N tokens: special, --keep-tokens and "
+                        "--oov pieces, then corpus tokens, then --prior-words tokens, by expected benefit")
+    parser.add_argument("--max-bytes", metavar="SIZE", help="the largest vocabulary, by expected benefit, whose predicted "
+                        "bundle for the target fits SIZE (bytes, or '16 MB')")
+    parser.add_argument("--prior-words", type=int, metavar="N", help="also keep the tokens of the N most frequent words "
+                        "of the corpus's language(s) (wordfreq lists, offline)")
+    parser.add_argument("--prior-lang", metavar="LANG[,LANG]", help="languages for --prior-words (default: detected)")
+    parser.add_argument("--oov-dropout", type=float, default=0.0, metavar="P", help="in training, replace a share P of "
+                        "corpus words by what an unseen word becomes (UNK, or the nearest kept token under --oov remap)")
     parser.add_argument("--task", choices=["fill-mask"], help="export the masked-LM head (logits over the kept "
                         "vocabulary) instead of a classifier/feature extractor")
     parser.add_argument("--eval", dest="eval_file", metavar="FILE", help="labelled held-out file (default: a split of the corpus)")
@@ -57,6 +65,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def run_export(argv: Sequence[str]) -> int:
+    from pema_export.budget import parse_size
     from pema_export.pipeline import ExportOptions, run
     from pema_export.train import TrainOptions
 
@@ -74,11 +83,14 @@ def run_export(argv: Sequence[str]) -> int:
         max_length=args.max_length,
         train=TrainOptions(
             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-            device=args.device, progress=not args.quiet and sys.stderr.isatty(),
+            device=args.device, progress=not args.quiet and sys.stderr.isatty(), oov_dropout=args.oov_dropout,
         ),
         trust_remote_code=args.trust_remote_code,
         oov=args.oov,
         max_vocab=args.max_vocab,
+        max_bytes=parse_size(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None,
+        prior_words=args.prior_words,
+        prior_lang=[lang.strip() for lang in args.prior_lang.split(",") if lang.strip()] if args.prior_lang else None,
         task=args.task,
         quantize=args.quantize,
         save_full=args.save_full,
@@ -110,13 +122,15 @@ def summary_lines(manifest: dict, out_dir) -> str:
 def _check_ranges(args) -> None:
     from pema_export.errors import PemaError as Bad
 
-    for name in ("epochs", "batch_size", "max_length", "min_count", "max_vocab"):
+    for name in ("epochs", "batch_size", "max_length", "min_count", "max_vocab", "prior_words"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise Bad(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.eval_split < 1:
         raise Bad("--eval-split must be between 0 and 1")
     if args.lr <= 0:
         raise Bad("--lr must be positive")
+    if not 0 <= args.oov_dropout < 1:
+        raise Bad("--oov-dropout must be at least 0 and below 1")
 
 
 def run_targets(argv: Sequence[str]) -> int:

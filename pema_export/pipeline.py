@@ -18,13 +18,31 @@ from pema_export.export import export_onnx
 from pema_export.models import resolve_model
 from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
 from pema_export.profiles import load_target
-from pema_export.scan import scan_vocabulary, tokenizer_json_text
-from pema_export.stages import ModelShape, check_target_output, ship
+from pema_export.scan import original_tokenizer_json, scan_vocabulary, tokenizer_json_text
+from pema_export.stages import ModelShape, check_target_output, ship, shipped_model_name
 from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, tokenizer_family
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
-from pema_export.train import EncodedSet, TrainOptions, TrainReport, fine_tune, labels_seen_once, resolve_device, split_held_out
+from pema_export.train import (
+    EncodedSet,
+    TrainOptions,
+    TrainReport,
+    fine_tune,
+    labels_seen_once,
+    resolve_device,
+    split_held_out,
+    word_spans,
+)
+from pema_export.oov import (
+    check_remap_target,
+    heldout_report,
+    nearest_kept_table,
+    oov_dropout,
+    pretrained_embedding,
+    remap_shipped_models,
+    shipped_config,
+)
 from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, onnx_reference, torch_reference
-from pema_export.vocab import DEFAULT_OOV, KeptVocab, open_tokenizer
+from pema_export.vocab import DEFAULT_OOV, KeptVocab, open_tokenizer, special_token_ids, unk_token_id
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,9 @@ class ExportOptions:
     task: str | None = None  # "fill-mask"; None: a classifier for a labelled corpus, else the model as it is
     quantize: str | None = None  # --quantize: overrides the target profile's number format
     save_full: str | None = None  # --save-full DIR: also write a full-vocabulary Hugging Face checkpoint
+    prior_words: int | None = None  # --prior-words N: also keep the tokens of the N most frequent words (docs/oov.md)
+    prior_lang: list[str] | None = None  # --prior-lang: their language(s); None: detected from the corpus
+    max_bytes: int | None = None  # --max-bytes: the most beneficial vocabulary whose predicted bundle fits
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     resolve_device(options.train.device)
     if options.save_full:
         check_save_full_dir(Path(options.save_full))
+    check_remap_target(options.oov, target)
     source = resolve_model(options.model)
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     check_supported(tokenizer_json)
@@ -83,9 +105,17 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         max_vocab=options.max_vocab,
         sample_size=PARITY_SAMPLE,
         seed=options.train.seed,
+        prior_words=options.prior_words,
+        prior_lang=options.prior_lang,
+        max_bytes=options.max_bytes,
+        target=target,
     )
     counts, kept, keep_ids, summary = scan.counts, scan.kept, scan.keep_ids, scan.summary
     log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
+    remap = None
+    if options.oov == "remap":
+        remap = nearest_kept_table(pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
+        log(f"--oov remap: {remap.remapped_ids:,} dropped ids run as their nearest kept token")
 
     # 3. Build the model with the partial embedding from the start, then fine-tune when labelled.
     labelled = summary.labelled == summary.texts and options.task != "fill-mask"
@@ -99,25 +129,31 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     )
     training = None
     if labelled:
-        training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log)
+        dropout = oov_dropout(options.train.oov_dropout, kept, remap, unk_token_id(tokenizer_json))
+        training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log, dropout)
 
     # 4-7. Rewrite the tokenizer, export, verify, and only then move the bundle into place.
     with StagedBundle(out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as work:
         pruned_json = prune_tokenizer(tokenizer_json, kept.kept_ids)
-        staged.path("tokenizer.json").write_text(tokenizer_json_text(pruned_json), encoding="utf-8")
+        # A remap bundle takes original ids (the table in the graph renumbers them), so its tokenizer and config
+        # keep the original numbering.
+        shipped_json = original_tokenizer_json(tokenizer_json) if remap else pruned_json
+        staged.path("tokenizer.json").write_text(tokenizer_json_text(shipped_json), encoding="utf-8")
         id_map = {int(old): new for new, old in enumerate(kept.kept_ids)}
-        # Runtimes that read SentencePiece files (onnxruntime-extensions) get the same pruned vocabulary.
-        for name, data in prune_sentencepiece_files(source.path, tokenizer_json, pruned_json).items():
+        shipped_id_map = {int(i): int(i) for i in range(kept.original_size)} if remap else id_map
+        # Runtimes that read SentencePiece files (onnxruntime-extensions) get the same vocabulary.
+        for name, data in prune_sentencepiece_files(source.path, tokenizer_json, shipped_json).items():
             staged.path(name).write_bytes(data)
-        tokenizer_config = pruned_tokenizer_config(source.read_tokenizer_config(), id_map, options.max_length)
+        tokenizer_config = pruned_tokenizer_config(source.read_tokenizer_config(), shipped_id_map, options.max_length)
         staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
-        partial.model.config.to_json_file(str(staged.path("config.json")))
+        shipped_config(partial.model.config, kept if remap else None).to_json_file(str(staged.path("config.json")))
         log(f"exporting {partial.task} to ONNX (opset {target.opset})")
         fp32_onnx = Path(work) / "fp32.onnx"  # the reference every later stage is checked against; shipped only by web
         export_onnx(partial.model, partial.task, target, fp32_onnx, pooling=partial.pooling)
 
         log("verifying tokenization on every corpus text and outputs on a sample with onnxruntime")
-        pruned_tokenizer = open_tokenizer(staged.path("tokenizer.json"))
+        # the checks run on the pruned vocabulary (a remap bundle ships the original tokenizer; checked after ship)
+        pruned_tokenizer = open_tokenizer(pruned_json)
         fidelity = check_tokenization(original_tokenizer, pruned_tokenizer, kept, (e.text for e in read_corpus(corpus_paths)))
         pruned_tokenizer.enable_truncation(options.max_length)
         parity = check_parity(
@@ -130,6 +166,15 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         log(f"building the {target.name} bundle: {_stage_names(target)}, each checked against the fp32 ONNX")
         reference = onnx_reference(fp32_onnx, pruned_tokenizer, summary.sample_texts, pad_id=_pad_id(partial.model.config))
         shipped = ship(target, fp32_onnx, ModelShape.from_config(partial.model.config), reference, staged, out, Path(work), log)
+        remap_manifest = None
+        if remap:
+            remap_manifest = remap_shipped_models(staged, remap, kept, reference, Path(work))
+            log(f"--oov remap: id table ({remap_manifest['table_bytes']:,} bytes) in {', '.join(remap_manifest['models'])}; "
+                "outputs on original ids identical to the pruned model's")
+        heldout = None
+        if eval_paths:
+            heldout = _held_out(staged, target, out, eval_paths, labels, kept, remap, tokenizer_json, options.max_length)
+            log(f"held-out ({heldout['file']}): UNK rate {heldout['unk_rate']}, accuracy of {heldout['model']} {heldout['accuracy']}")
         manifest = {
             "pema_export": __version__,
             "model": {"source": source.name, "architecture": type(partial.model).__name__, "task": partial.task},
@@ -141,7 +186,11 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 "corpus_used": counts.used_ids,
                 "min_count": options.min_count,
                 "oov": options.oov,
-                "max_vocab": options.max_vocab,
+                "max_vocab": scan.max_vocab,
+                "max_bytes": options.max_bytes,
+                "predicted_bytes": scan.predicted_bytes,
+                "prior": scan.prior.as_manifest(scan.detected_languages) if scan.prior else None,
+                "remap": remap_manifest,
                 "keep_tokens": len(keep_ids),
                 "coverage": scan.coverage(),
             },
@@ -153,6 +202,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
             },
             "corpus": {"files": [p.name for p in corpus_paths], "texts": counts.texts, "tokens": counts.tokens, "labelled": labelled},
             "training": training,
+            "heldout": heldout,
             "parity": {
                 "texts_checked": parity.texts_checked,
                 "sample": f"all texts, or a seeded sample of {PARITY_SAMPLE}",
@@ -184,7 +234,27 @@ def _labels(seen: set[str]) -> list[str]:
     return labels
 
 
-def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, options: ExportOptions, log) -> dict:
+def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, remap, tokenizer_json: dict, max_length: int) -> dict:
+    """UNK rate and accuracy of the shipped model with the shipped tokenizer on the --eval texts, one text at a time."""
+    examples = load_examples(eval_paths)
+    tokenizer = open_tokenizer(staged.path("tokenizer.json"))
+    tokenizer.enable_truncation(max_length)
+    unk = unk_token_id(tokenizer_json)
+    unk_shipped = unk if remap or unk is None else kept.new_id(unk)
+    model_name = shipped_model_name(target, out)
+    label_ids = {label: i for i, label in enumerate(labels)} if labels else None
+    report = heldout_report(
+        staged.path(model_name),
+        tokenizer,
+        [e.text for e in examples],
+        [label_ids[e.label] for e in examples] if label_ids else None,
+        unk_id=unk_shipped,
+        dropped_ids=(kept.id_map < 0) if remap else None,
+    )
+    return report.as_manifest(eval_paths[0].name, model_name)
+
+
+def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, options: ExportOptions, log, dropout=None) -> dict:
     label2id = {label: i for i, label in enumerate(labels)}
     examples = load_examples(corpus_paths)
     if eval_paths:
@@ -202,12 +272,13 @@ def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, 
     tokenizer.enable_truncation(options.max_length)
 
     def encode(batch) -> EncodedSet:
-        ids = [map_ids(kept, np.asarray(enc.ids, dtype=np.int64)).tolist() for enc in tokenizer.encode_batch([e.text for e in batch])]
-        return EncodedSet(input_ids=ids, labels=[label2id[e.label] for e in batch])
+        encodings = tokenizer.encode_batch([e.text for e in batch])
+        ids = [map_ids(kept, np.asarray(enc.ids, dtype=np.int64)).tolist() for enc in encodings]
+        return EncodedSet(input_ids=ids, labels=[label2id[e.label] for e in batch], word_spans=[word_spans(enc.word_ids) for enc in encodings])
 
     train_set, eval_set = encode(train_examples), encode(eval_examples)
     log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
-    report: TrainReport = fine_tune(model, train_set, eval_set, _pad_id(model.config), options.train)
+    report: TrainReport = fine_tune(model, train_set, eval_set, _pad_id(model.config), options.train, dropout=dropout)
     log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
     return {
         "epochs": report.epochs,
@@ -220,6 +291,8 @@ def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, 
         "batch_size": options.train.batch_size,
         "max_length": options.max_length,
         "seed": options.train.seed,
+        "oov_dropout": options.train.oov_dropout,
+        "oov_dropout_substitute": dropout.substitute_name if dropout else None,
         "labels": labels,
     }
 

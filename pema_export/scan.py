@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from pema_export.corpus import CorpusSummary, batched, iter_texts, read_corpus
+from pema_export.budget import BudgetError
+from pema_export.errors import TokenizerError
 from pema_export.models import ModelSource
+from pema_export.oov import check_languages, detect_languages
+from pema_export.oov import prior_words as oov_prior_words
+from pema_export.oov import PriorWords
 from pema_export.profiles import Target
 from pema_export.tokenizers import prune_tokenizer, token_closure
 from pema_export.vocab import (
@@ -39,6 +44,10 @@ class VocabScan:
     kept: KeptVocab
     keep_ids: set[int]
     summary: CorpusSummary
+    prior: PriorWords | None = None
+    detected_languages: dict[str, float] | None = None  # when --prior-lang was not given
+    max_vocab: int | None = None  # the cap applied: --max-vocab, or the one --max-bytes chose
+    predicted_bytes: int | None = None  # with --max-bytes: the predicted bundle bytes of the chosen vocabulary
 
     def coverage(self, points: int = COVERAGE_POINTS) -> list[list[float]]:
         """[vocabulary size, share of corpus tokens covered] keeping the most frequent tokens first."""
@@ -59,25 +68,114 @@ def scan_vocabulary(
     max_vocab: int | None = None,
     sample_size: int = 1000,
     seed: int = 0,
+    prior_words: int | None = None,
+    prior_lang: list[str] | None = None,
+    max_bytes: int | None = None,
+    target: Target | None = None,
 ) -> VocabScan:
-    """Stream the corpus once: count token ids, note labels, keep a seeded sample; then choose the kept ids."""
+    """Stream the corpus once: count token ids, note labels, keep a seeded sample; then choose the kept ids.
+
+    ``prior_words``: also keep the tokens of that many most frequent words of ``prior_lang`` (detected from the
+    corpus sample when None). ``max_bytes``: the largest vocabulary, ranked by expected benefit, whose predicted
+    ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins)."""
     tokenizer = open_tokenizer(tokenizer_json)
     config = source.read_config()
     summary = CorpusSummary(sample_size=sample_size, seed=seed)
     counts = count_tokens(tokenizer, summary.observe(read_corpus(corpus_paths)))
     keep_ids = read_keep_tokens(keep_tokens, tokenizer) if keep_tokens else set()
-    kept = choose_kept_ids(
-        counts,
-        special_token_ids(tokenizer_json, config),
-        unk_id=unk_token_id(tokenizer_json),
-        keep_ids=keep_ids,
-        min_count=min_count,
-        original_size=config.get("vocab_size"),
-        policy_ids=oov_token_ids(tokenizer_json, oov),
-        closure=token_closure(tokenizer_json),
-        max_vocab=max_vocab,
-    )
-    return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary)
+    prior = detected = None
+    if prior_words:
+        if prior_lang:
+            languages = check_languages(prior_lang)
+        else:
+            detected = detect_languages(summary.sample_texts)
+            languages = list(detected)
+        prior = oov_prior_words(tokenizer, languages, prior_words, len(counts.counts))
+
+    def choose(cap: int | None) -> KeptVocab:
+        return choose_kept_ids(
+            counts,
+            special_token_ids(tokenizer_json, config),
+            unk_id=unk_token_id(tokenizer_json),
+            keep_ids=keep_ids,
+            min_count=min_count,
+            original_size=config.get("vocab_size"),
+            policy_ids=oov_token_ids(tokenizer_json, oov),
+            closure=token_closure(tokenizer_json),
+            max_vocab=cap,
+            prior_share=None if prior is None else prior.token_share,
+        )
+
+    predicted = None
+    if max_bytes is not None:
+        if target is None:
+            raise ValueError("max_bytes needs the target whose bundle it bounds")
+        num_labels = len(summary.labels) if summary.labels and summary.labelled == summary.texts else None
+        max_vocab, predicted = fit_max_bytes(
+            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, num_labels, target, oov), max_vocab
+        )
+    kept = choose(max_vocab)
+    return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, prior=prior,
+                     detected_languages=detected, max_vocab=max_vocab, predicted_bytes=predicted)
+
+
+def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):
+    """kept -> predicted bundle bytes; a remap bundle ships the original tokenizer and an int32 per original id
+    instead of the pruned tokenizer (their bytes do not depend on the kept ids, so they are measured once)."""
+    shipped_tokenizer = None
+    if oov == "remap":
+        shipped_tokenizer = len(tokenizer_json_text(original_tokenizer_json(tokenizer_json)).encode("utf-8"))
+
+    def predict(kept: KeptVocab) -> int:
+        prediction = predict_sizes(source, tokenizer_json, kept, num_labels, target)
+        if shipped_tokenizer is None:
+            return prediction.total_bytes
+        return prediction.model_bytes + prediction.other_bytes + shipped_tokenizer + 4 * kept.original_size
+
+    return predict
+
+
+def original_tokenizer_json(tokenizer_json: dict) -> dict:
+    """The tokenizer a remap bundle ships: every id as it was, only the baked-in padding/truncation removed."""
+    vocab_ids = sorted(open_tokenizer(tokenizer_json).get_vocab(with_added_tokens=True).values())
+    return prune_tokenizer(tokenizer_json, np.asarray(vocab_ids, dtype=np.int64))
+
+
+def fit_max_bytes(max_bytes: int, choose, predict, max_vocab: int | None = None) -> tuple[int | None, int]:
+    """The largest cap (<= ``max_vocab``) whose vocabulary's predicted bundle fits ``max_bytes``, by bisection
+    (bytes grow with every kept row); (None, bytes) when everything the options would keep fits."""
+    everything = choose(max_vocab)
+    total = predict(everything)
+    if total <= max_bytes:
+        return max_vocab, total
+    low = _must_keep_size(choose, everything.size)
+    smallest = predict(choose(low))
+    if smallest > max_bytes:
+        raise BudgetError(
+            f"--max-bytes {max_bytes:,} is below the smallest bundle this model can make: {smallest:,} bytes with the "
+            f"{low:,} tokens that must be kept (special tokens, --keep-tokens, the --oov policy's pieces)"
+        )
+    high = everything.size  # does not fit; low fits
+    while high - low > 1:
+        middle = (low + high) // 2
+        if predict(choose(middle)) <= max_bytes:
+            low = middle
+        else:
+            high = middle
+    return low, predict(choose(low))
+
+
+def _must_keep_size(choose, upper: int) -> int:
+    """The smallest cap choose_kept_ids accepts: the count of tokens that must be kept (it refuses anything lower)."""
+    low, high = 0, upper  # choose(high) works
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            choose(middle)
+            high = middle
+        except TokenizerError:
+            low = middle
+    return high
 
 
 def unk_rate(tokenizer_json: dict, texts_paths: list[Path]) -> float | None:

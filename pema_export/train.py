@@ -27,6 +27,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
+    oov_dropout: float = 0.0  # share of corpus words replaced by what an unseen word becomes (docs/oov.md)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class EncodedSet:
 
     input_ids: list[list[int]]
     labels: list[int]
+    word_spans: list[list[tuple[int, int]]] | None = None  # [start, end) token positions of each word, for --oov-dropout
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -99,8 +101,38 @@ def split_held_out(labels: Sequence[str], eval_fraction: float, seed: int) -> tu
     return sorted(train), sorted(held_out)
 
 
-def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad_id: int, options: TrainOptions) -> TrainReport:
-    """AdamW with linear warm-up/decay and gradient clipping; held-out accuracy after each epoch."""
+def word_spans(word_ids: Sequence[int | None]) -> list[tuple[int, int]]:
+    """[start, end) positions of each word in an encoding's ``word_ids`` (special tokens, None, belong to none)."""
+    spans: list[tuple[int, int]] = []
+    for position, word in enumerate(word_ids):
+        if word is None:
+            continue
+        if spans and word_ids[spans[-1][0]] == word and spans[-1][1] == position:
+            spans[-1] = (spans[-1][0], position + 1)
+        else:
+            spans.append((position, position + 1))
+    return spans
+
+
+def drop_words(ids: list[int], spans: list[tuple[int, int]], rate: float, substitute, rng: random.Random) -> list[int]:
+    """``ids`` with each word replaced, with probability ``rate``, by ``substitute(its ids)``."""
+    out, position = [], 0
+    for start, end in spans:
+        if rng.random() < rate:
+            out += ids[position:start] + list(substitute(ids[start:end]))
+            position = end
+    return out + ids[position:]
+
+
+def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad_id: int, options: TrainOptions,
+              dropout=None) -> TrainReport:
+    """AdamW with linear warm-up/decay and gradient clipping; held-out accuracy after each epoch.
+
+    ``dropout`` (``oov.OovDropout``): each epoch, words of the training texts are replaced with probability
+    ``dropout.rate`` by ``dropout.substitute(ids)``, drawn from ``options.seed``: fresh words each epoch."""
+    if dropout is not None and train_set.word_spans is None:
+        raise ValueError("oov dropout needs the training set's word spans")
+    word_rng = random.Random(options.seed)
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     model.to(device)
@@ -117,7 +149,10 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress, leave=False)
         for start in range(0, len(order), options.batch_size):
             batch = [order[i] for i in range(start, min(start + options.batch_size, len(order)))]
-            input_ids, attention_mask = pad_batch([train_set.input_ids[i] for i in batch], pad_id)
+            texts = [train_set.input_ids[i] for i in batch]
+            if dropout is not None:
+                texts = [drop_words(ids, train_set.word_spans[i], dropout.rate, dropout.substitute, word_rng) for ids, i in zip(texts, batch)]
+            input_ids, attention_mask = pad_batch(texts, pad_id)
             labels = torch.tensor([train_set.labels[i] for i in batch])
             loss = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device)).loss
             loss.backward()

@@ -7,7 +7,9 @@ Kept ids = ids the corpus uses (at least ``min_count`` times) ∪ special and ad
 The OOV policy decides what text the corpus never had turns into:
 - ``fallback``: keep every single-character piece and its continuation form, so an unseen word degrades to
   known characters (UNK only for characters the full vocabulary lacks too);
-- ``unk``: keep only what the corpus uses; an unseen word re-segments into kept pieces or becomes UNK.
+- ``unk``: keep only what the corpus uses; an unseen word re-segments into kept pieces or becomes UNK;
+- ``remap``: keep only what the corpus uses, ship the original tokenizer, and run each dropped token as the kept
+  token whose pretrained embedding is closest (a table in the graph; see ``pema_export.oov``).
 Byte-level BPE keeps its 256 byte symbols under both: it has no UNK, and every text must still encode.
 """
 
@@ -25,7 +27,7 @@ from pema_export.corpus import batched
 from pema_export.errors import CorpusError, TokenizerError
 from pema_export.tokenizers import family_module
 
-OOV_POLICIES = ("fallback", "unk")
+OOV_POLICIES = ("fallback", "unk", "remap")
 # Chosen from benchmarks/oov_policy.py on the sample corpus and held-out set (table in docs/tokenizers.md).
 DEFAULT_OOV = "fallback"
 
@@ -160,7 +162,8 @@ def read_keep_tokens(path: str | Path, tokenizer: Tokenizer) -> set[int]:
 
 def oov_token_ids(tokenizer_json: dict, oov: str) -> set[int]:
     """Ids kept whatever the corpus says: what the family needs for any text to encode (byte-level BPE's byte
-    symbols, Unigram's lowest-scored piece) and, under ``oov="fallback"``, every single-character piece."""
+    symbols, Unigram's lowest-scored piece) and, under ``oov="fallback"``, every single-character piece.
+    ``remap`` needs nothing more: the original tokenizer ships, so no text has to encode with kept pieces alone."""
     if oov not in OOV_POLICIES:
         raise TokenizerError(f"--oov {oov!r} is not a policy (choose from: {', '.join(OOV_POLICIES)})")
     family = family_module(tokenizer_json)
@@ -178,13 +181,18 @@ def choose_kept_ids(
     policy_ids: Iterable[int] = (),
     closure: Callable[[Iterable[int]], set[int]] = set,
     max_vocab: int | None = None,
+    prior_share: np.ndarray | None = None,
 ) -> KeptVocab:
-    """Kept = closure(used at least ``min_count`` times ∪ specials ∪ keep_ids ∪ policy_ids), sorted by original id.
+    """Kept = closure(used at least ``min_count`` times ∪ specials ∪ keep_ids ∪ policy_ids ∪ prior tokens), sorted
+    by original id.
 
     ``original_size`` is the number of embedding rows, which may exceed the tokenizer's vocabulary.
     ``policy_ids`` come from :func:`oov_token_ids`; ``closure`` from ``tokenizers.token_closure``.
-    With ``max_vocab``, specials, keep_ids and policy_ids are kept first and then corpus tokens from the most
-    used down (ties: lower id first), each with its closure, while they fit.
+    ``prior_share`` (per original id, from ``oov.prior_words``) adds the tokens of general-language words.
+    With ``max_vocab``, specials, keep_ids and policy_ids are kept first, then candidates by expected benefit,
+    each with its closure, while they fit: corpus tokens first (dropping one breaks exactness on corpus texts),
+    ranked by their expected frequency in the app's text, count + corpus_tokens * prior_share (the corpus and
+    the prior weighted equally); then prior-only tokens by prior share. Ties: lower id first.
     """
     if min_count < 1:
         raise ValueError("min_count must be at least 1")
@@ -192,8 +200,13 @@ def choose_kept_ids(
     in_range = lambda ids: {int(i) for i in ids if 0 <= int(i) < original_size}  # noqa: E731
     must_keep = closure(in_range(special_ids) | in_range(keep_ids) | in_range(policy_ids))
     used = np.flatnonzero(counts.counts >= min_count)
+    prior = np.zeros(original_size)
+    if prior_share is not None:
+        shared = min(len(prior_share), original_size)
+        prior[:shared] = np.asarray(prior_share, dtype=np.float64)[:shared]
+    prior_only = np.setdiff1d(np.flatnonzero(prior > 0), used)
     if max_vocab is None:
-        kept = must_keep | closure(int(i) for i in used)
+        kept = must_keep | closure(int(i) for i in used) | closure(int(i) for i in prior_only)
     else:
         if len(must_keep) > max_vocab:
             raise TokenizerError(
@@ -201,8 +214,10 @@ def choose_kept_ids(
                 "(special tokens, --keep-tokens, and the --oov policy's pieces)"
             )
         kept = set(must_keep)
-        # Most used first; a stable sort keeps lower ids first among equal counts.
-        for token_id in used[np.argsort(-counts.counts[used], kind="stable")]:
+        corpus_score = counts.counts[used] + counts.counts.sum() * prior[used]
+        # Most beneficial first; a stable sort keeps lower ids first among equal scores.
+        ranked = np.concatenate([used[np.argsort(-corpus_score, kind="stable")], prior_only[np.argsort(-prior[prior_only], kind="stable")]])
+        for token_id in ranked:
             if int(token_id) in kept:
                 continue
             needed = closure({int(token_id)}) - kept

@@ -1,0 +1,336 @@
+"""Text the corpus never had: a word-frequency prior, the nearest-kept remap, and held-out figures.
+
+- ``PriorWords``: the tokens of a language's N most frequent words (``wordfreq``'s offline lists), tokenized
+  with the model's own tokenizer, each with its share of general text; ``--prior-words N``.
+- ``nearest_kept_table``: every original id -> the kept id whose pretrained embedding is closest (``--oov remap``);
+  ``prepend_id_remap`` puts that table in the graph in front of everything that reads ``input_ids``, so the
+  bundle ships the original tokenizer and one int32 per original id.
+- ``heldout_report``: UNK rate and accuracy of the shipped model, with the shipped tokenizer, on ``--eval``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from pema_export.errors import CorpusError, ModelError, TargetError, TokenizerError, VerificationError
+
+# Languages whose share of the corpus texts is below this are not given a prior (one stray French greeting in an
+# English corpus should not buy thousands of French rows).
+MIN_LANGUAGE_SHARE = 0.2
+# Words per language compared with the corpus to detect its language(s): enough to cover everyday text.
+DETECT_WORDS = 5000
+ID_MAP_NAME = "pema_id_map"
+_WORDS = re.compile(r"[^\W\d_]+")
+
+
+@functools.lru_cache(maxsize=None)
+def _wordfreq():
+    try:
+        import wordfreq
+    except ImportError:  # a dependency; only a broken install lacks it
+        raise CorpusError("--prior-words needs the wordfreq package (pip install wordfreq)") from None
+    return wordfreq
+
+
+def available_languages() -> list[str]:
+    return sorted(_wordfreq().available_languages(wordlist="best"))
+
+
+@functools.lru_cache(maxsize=None)
+def _top_words(language: str, n_words: int) -> tuple[str, ...]:
+    return tuple(_wordfreq().top_n_list(language, n_words, wordlist="best"))
+
+
+def detect_languages(texts: Iterable[str]) -> dict[str, float]:
+    """Languages of the corpus -> share of its texts: each text votes for the language whose common words cover
+    most of its words (ties: the language that covers more of the whole corpus); languages with at least
+    MIN_LANGUAGE_SHARE of the votes are returned, most voted first."""
+    words_by_text = [_WORDS.findall(text.lower()) for text in texts]
+    words_by_text = [words for words in words_by_text if words]
+    if not words_by_text:
+        raise CorpusError("cannot detect the corpus language: it has no words; pass --prior-lang")
+    common = {language: frozenset(_top_words(language, DETECT_WORDS)) for language in available_languages()}
+    corpus_cover = {language: sum(w in vocab for words in words_by_text for w in words) for language, vocab in common.items()}
+    votes: Counter[str] = Counter()
+    for words in words_by_text:
+        cover = {language: sum(w in vocab for w in words) for language, vocab in common.items()}
+        best = max(cover.values())
+        if best:
+            votes[max((lang for lang, c in cover.items() if c == best), key=lambda lang: (corpus_cover[lang], lang))] += 1
+    total = sum(votes.values())
+    shares = {lang: n / total for lang, n in sorted(votes.items(), key=lambda item: (-item[1], item[0])) if total and n / total >= MIN_LANGUAGE_SHARE}
+    if not shares:
+        raise CorpusError("cannot detect the corpus language from wordfreq's word lists; pass --prior-lang")
+    return shares
+
+
+def check_languages(languages: Iterable[str]) -> list[str]:
+    known = set(available_languages())
+    languages = list(languages)
+    unknown = [lang for lang in languages if lang not in known]
+    if unknown:
+        raise CorpusError(f"--prior-lang {','.join(unknown)}: no word list (available: {', '.join(sorted(known))})")
+    return languages
+
+
+@dataclass(frozen=True)
+class PriorWords:
+    """The tokens of the N most frequent words of some languages, and each token's share of their text."""
+
+    languages: tuple[str, ...]
+    words: int  # per language
+    token_share: np.ndarray  # per original id; sums to 1 over the tokens of the listed words
+
+    @property
+    def ids(self) -> set[int]:
+        return {int(i) for i in np.flatnonzero(self.token_share)}
+
+    def as_manifest(self, detected: dict[str, float] | None) -> dict:
+        entry = {"languages": list(self.languages), "words_per_language": self.words, "tokens": len(self.ids)}
+        entry["detected"] = {lang: round(share, 4) for lang, share in detected.items()} if detected else None
+        return entry
+
+
+def prior_words(tokenizer, languages: list[str], n_words: int, vocab_size: int) -> PriorWords:
+    """Tokenize each listed word as it appears in running text (alone and after a space, which byte-level BPE and
+    SentencePiece spell differently) and credit its frequency to each of its tokens."""
+    if n_words < 1:
+        raise CorpusError("--prior-words must be at least 1")
+    share = np.zeros(vocab_size, dtype=np.float64)
+    for language in languages:
+        words = list(_top_words(language, n_words))
+        frequencies = np.array([_wordfreq().word_frequency(w, language, wordlist="best") for w in words])
+        for form in (words, [" " + w for w in words]):
+            for frequency, encoding in zip(frequencies, tokenizer.encode_batch(form, add_special_tokens=False)):
+                ids = np.unique(np.asarray(encoding.ids, dtype=np.int64))
+                share[ids[ids < vocab_size]] += frequency
+    if share.sum() > 0:
+        share /= share.sum()
+    return PriorWords(languages=tuple(languages), words=n_words, token_share=share)
+
+
+# --- Nearest-kept remap
+
+
+def pretrained_embedding(source) -> np.ndarray:
+    """The model's pretrained input-embedding matrix (all rows), read from safetensors without building the model."""
+    from pema_export.pema import find_safetensors
+
+    config = source.read_config()
+    rows = config.get("vocab_size")
+    checkpoint = find_safetensors(source.path)
+    if checkpoint is not None:
+        candidates = sorted(
+            name for name, shape in checkpoint.shapes.items()
+            if len(shape) == 2 and shape[0] == rows and ("word_embeddings" in name or "embed_tokens" in name or "shared" in name)
+        )
+        if candidates:
+            return checkpoint.read(candidates[0]).float().numpy()
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(source.path)
+    embedding = model.get_input_embeddings()
+    if embedding is None or embedding.weight.shape[0] != rows:
+        raise ModelError(f"{source.name}: cannot find the input embedding for --oov remap")
+    return embedding.weight.detach().float().numpy()
+
+
+@dataclass(frozen=True)
+class RemapTables:
+    """``id_map[old]``: the new id an original id runs as (itself when kept, else the nearest kept token);
+    ``neighbour[new]``: the nearest *other* kept token of a kept one (what --oov-dropout substitutes)."""
+
+    id_map: np.ndarray  # int64, one per original id
+    neighbour: np.ndarray  # int64, one per kept id
+    remapped_ids: int  # original ids that run as another token
+
+
+def nearest_kept_table(embedding: np.ndarray, kept, protected_ids: Iterable[int], chunk: int = 4096) -> RemapTables:
+    """Cosine-nearest kept token for every original id. Special tokens are never a target (an unseen word must not
+    read as [SEP] or padding); ties go to the lower id, so the table is deterministic."""
+    embedding = np.asarray(embedding, dtype=np.float32)
+    unit = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+    protected = set(int(i) for i in protected_ids)
+    candidates = np.array([int(i) for i in kept.kept_ids if int(i) not in protected and int(i) < len(unit)], dtype=np.int64)
+    if len(candidates) < 2:
+        raise ModelError("--oov remap needs at least two kept non-special tokens")
+    new_of = kept.id_map
+    id_map = new_of.copy()
+    neighbour = np.arange(kept.size, dtype=np.int64)
+    target = unit[candidates].T
+    for start in range(0, len(unit), chunk):
+        scores = unit[start : start + chunk] @ target
+        rows = np.arange(start, min(start + chunk, len(unit)))
+        # the second-best kept token, for kept rows: the row itself always scores best
+        is_self = candidates[None, :] == rows[:, None]
+        best = scores.argmax(axis=1)
+        scores[is_self] = -np.inf
+        other = scores.argmax(axis=1)
+        dropped = new_of[rows] < 0
+        id_map[rows[dropped]] = new_of[candidates[best[dropped]]]
+        kept_rows = ~dropped
+        neighbour[new_of[rows[kept_rows]]] = new_of[candidates[other[kept_rows]]]
+    for special in protected:  # specials stand for themselves in training too
+        if 0 <= special < len(new_of) and new_of[special] >= 0:
+            neighbour[new_of[special]] = new_of[special]
+    return RemapTables(id_map=id_map, neighbour=neighbour, remapped_ids=int(np.count_nonzero(new_of < 0)))
+
+
+def prepend_id_remap(onnx_path: Path, id_map: np.ndarray) -> None:
+    """Rewrite the graph so it takes original ids: input_ids -> Gather(id_map) -> Cast(int64) -> every old consumer.
+
+    The table is int32 (4 bytes per original id); the Cast keeps every consumer's input type as exported."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    graph = model.graph
+    if "input_ids" not in {i.name for i in graph.input}:
+        raise ModelError("the exported graph has no input_ids input to remap")
+    remapped = "input_ids_pruned"
+    for node in graph.node:
+        node.input[:] = [remapped if name == "input_ids" else name for name in node.input]
+    graph.initializer.append(numpy_helper.from_array(id_map.astype(np.int32), ID_MAP_NAME))
+    nodes = [
+        helper.make_node("Gather", [ID_MAP_NAME, "input_ids"], ["input_ids_pruned_int32"], name="pema_id_remap", axis=0),
+        helper.make_node("Cast", ["input_ids_pruned_int32"], [remapped], name="pema_id_remap_cast", to=TensorProto.INT64),
+    ]
+    for index, node in enumerate(nodes):
+        graph.node.insert(index, node)
+    onnx.save(model, str(onnx_path))
+
+
+# --- Held-out figures of the shipped bundle
+
+
+@dataclass(frozen=True)
+class HeldOutReport:
+    texts: int
+    pieces: int
+    unk_rate: float | None  # share of word pieces the model receives as UNK (None: the tokenizer has no UNK)
+    remapped_rate: float  # share of word pieces that run as a different (nearest kept) token
+    accuracy: float | None
+
+    def as_manifest(self, file_name: str, model_name: str) -> dict:
+        return {
+            "file": file_name,
+            "model": model_name,
+            "texts": self.texts,
+            "unk_rate": None if self.unk_rate is None else round(self.unk_rate, 6),
+            "remapped_rate": round(self.remapped_rate, 6),
+            "accuracy": None if self.accuracy is None else round(self.accuracy, 6),
+        }
+
+
+def heldout_report(model_path: Path, tokenizer, texts: list[str], labels: list[int] | None, *, unk_id: int | None,
+                   dropped_ids: np.ndarray | None = None) -> HeldOutReport:
+    """Run the shipped model one text at a time (as an app does) on held-out texts with the shipped tokenizer.
+
+    ``unk_id`` is in the shipped tokenizer's numbering; ``dropped_ids`` (remap bundles, whose tokenizer is the
+    original): a boolean mask of the original ids that run as their nearest kept token."""
+    import onnxruntime as ort
+
+    encodings = tokenizer.encode_batch(texts)
+    pieces = np.asarray([i for enc in encodings for i, special in zip(enc.ids, enc.special_tokens_mask) if not special], dtype=np.int64)
+    unk = None if unk_id is None else float(np.mean(pieces == unk_id)) if len(pieces) else 0.0
+    remapped = float(np.mean(dropped_ids[pieces])) if dropped_ids is not None and len(pieces) else 0.0
+    accuracy = None
+    if labels is not None:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        input_names = {i.name for i in session.get_inputs()}
+        correct = 0
+        for encoding, label in zip(encodings, labels):
+            ids = np.asarray([encoding.ids], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            if "token_type_ids" in input_names:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            correct += int(session.run(["logits"], feeds)[0][0].argmax() == label)
+        accuracy = correct / max(len(texts), 1)
+    return HeldOutReport(texts=len(texts), pieces=len(pieces), unk_rate=unk, remapped_rate=remapped, accuracy=accuracy)
+
+
+def check_remap_target(oov: str, target) -> None:
+    """The table is prepended to the shipped ONNX graph; an .ort file is converted before that point."""
+    if oov == "remap" and target.format == "ort":
+        raise TargetError(
+            f"--oov remap is not available for the {target.name} target yet (ORT format); use --oov fallback or unk"
+        )
+
+
+def shipped_config(config, kept=None):
+    """config.json as shipped: a remap bundle's graph takes original ids, so vocab_size and the special-token ids
+    are the original ones (the model's own config, used for training and export, keeps the pruned numbering)."""
+    from pema_export.vocab import CONFIG_ID_FIELDS
+
+    if kept is None:
+        return config
+    shipped = copy.deepcopy(config)
+    shipped.vocab_size = kept.original_size
+    for field in CONFIG_ID_FIELDS:
+        value = getattr(shipped, field, None)
+        if isinstance(value, int) and 0 <= value < kept.size:
+            setattr(shipped, field, int(kept.kept_ids[value]))
+    return shipped
+
+
+def remap_shipped_models(staged, tables: RemapTables, kept, reference, work: Path) -> dict:
+    """Prepend the id table to every shipped ONNX model, each checked against itself before the table: on the
+    corpus sample's original ids it must answer exactly as before on the pruned ids (the table is an exact lookup)."""
+    import shutil
+
+    import onnxruntime as ort
+
+    models = sorted(name for name in staged.files() if name.endswith(".onnx"))
+    for name in models:
+        before = work / f"before-remap-{len(name)}-{Path(name).name}"
+        shutil.copyfile(staged.path(name), before)
+        prepend_id_remap(staged.path(name), tables.id_map)
+        sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (before, staged.path(name))]
+        inputs = [{i.name for i in session.get_inputs()} for session in sessions]
+        for feed, text in zip(reference.feeds, reference.texts):
+            original_ids = {**feed, "input_ids": kept.kept_ids[feed["input_ids"]]}
+            want = sessions[0].run(None, {k: v for k, v in feed.items() if k in inputs[0]})
+            got = sessions[1].run(None, {k: v for k, v in original_ids.items() if k in inputs[1]})
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
+            if diff > 0.0:
+                raise VerificationError(f"--oov remap: {name} with the id table differs by {diff:.3g} on corpus text {text[:80]!r}")
+    return {"table": ID_MAP_NAME, "table_bytes": 4 * len(tables.id_map), "remapped_ids": tables.remapped_ids, "models": models,
+            "texts_checked": len(reference.texts)}
+
+
+@dataclass(frozen=True)
+class OovDropout:
+    """``--oov-dropout``: during training, each corpus word is replaced with probability ``rate`` by what an unseen
+    word becomes in the bundle, so the model learns to read around missing words."""
+
+    rate: float
+    substitute_name: str  # "nearest kept token" or "UNK"
+    neighbour: np.ndarray | None = None
+    unk_new_id: int | None = None
+
+    def substitute(self, word_ids: list[int]) -> list[int]:
+        if self.neighbour is not None:
+            return [int(self.neighbour[i]) for i in word_ids]
+        return [self.unk_new_id]
+
+
+def oov_dropout(rate: float, kept, tables: RemapTables | None, unk_id: int | None) -> OovDropout | None:
+    """The substitute follows the --oov policy: remap -> each piece's nearest other kept token; otherwise UNK
+    (what a word with no kept segmentation becomes; under fallback most unseen words re-segment instead)."""
+    if not rate:
+        return None
+    if not 0 < rate < 1:
+        raise CorpusError(f"--oov-dropout {rate} must be between 0 and 1")
+    if tables is not None:
+        return OovDropout(rate, "nearest kept token", neighbour=tables.neighbour)
+    if unk_id is None:
+        raise TokenizerError("--oov-dropout needs an UNK token to substitute (this tokenizer has none); use --oov remap")
+    return OovDropout(rate, "UNK", unk_new_id=kept.new_id(unk_id))

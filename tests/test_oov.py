@@ -1,0 +1,229 @@
+"""Issue 7: text the corpus never had. Prior words, the expected-benefit budget, the nearest-kept remap (in Python
+onnxruntime, transformers.js and a tokenizers round trip), OOV dropout, and the held-out figures in the manifest."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from conftest import REPO, SAMPLES, run_cli
+from pema_export import oov
+from pema_export.budget import BudgetError
+from pema_export.errors import TargetError, TokenizerError
+from pema_export.models import resolve_model
+from pema_export.pipeline import ExportOptions, run
+from pema_export.profiles import load_target
+from pema_export.scan import bundle_bytes_predictor, scan_vocabulary
+from pema_export.train import TrainOptions, drop_words, word_spans
+from pema_export.vocab import TokenCounts, choose_kept_ids, open_tokenizer
+
+UNSEEN = ["The courier vanished with my lasagne and the receipt", "Refund the tiramisu, it arrived frozen solid"]
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer_json():
+    return json.loads(resolve_model(None).tokenizer_json.read_text(encoding="utf-8"))
+
+
+def test_the_corpus_language_is_detected_per_text():
+    english = [line.split("\t", 1)[1] for line in (SAMPLES / "app_texts.txt").read_text(encoding="utf-8").splitlines()[:60]]
+    german = ["Wo ist meine Bestellung, sie sollte schon längst da sein", "Ich möchte mein Geld zurück, das Essen war kalt"] * 10
+    assert list(oov.detect_languages(english)) == ["en"]
+    assert list(oov.detect_languages(german)) == ["de"]
+    # a few stray texts in another language do not buy that language a prior
+    assert list(oov.detect_languages(english + german[:6])) == ["en"]
+    assert set(oov.detect_languages(english[:20] + german)) == {"en", "de"}
+
+
+def test_prior_words_are_the_model_tokenizers_tokens_of_common_words(minilm_tokenizer_json):
+    tokenizer = open_tokenizer(minilm_tokenizer_json)
+    prior = oov.prior_words(tokenizer, ["en"], 2000, tokenizer.get_vocab_size())
+    vocab = tokenizer.get_vocab()
+    assert {vocab["the"], vocab["because"], vocab["yesterday"]} <= prior.ids
+    assert vocab["helicopter"] not in prior.ids  # a real word, but not among the 2,000 most frequent
+    assert prior.token_share[vocab["the"]] > prior.token_share[vocab["because"]] > 0
+    assert prior.token_share.sum() == pytest.approx(1.0)
+    assert oov.prior_words(tokenizer, ["en"], 20000, tokenizer.get_vocab_size()).ids > prior.ids
+
+
+def test_the_budget_keeps_corpus_tokens_first_then_prior_tokens_by_frequency():
+    counts = TokenCounts(counts=np.array([0, 5, 1, 0, 0, 0, 0, 0]), texts=2)
+    share = np.array([0, 0.1, 0.0, 0.5, 0.3, 0.1, 0.0, 0.0])
+    kept = lambda cap: choose_kept_ids(counts, {0}, unk_id=0, max_vocab=cap, prior_share=share).kept_ids.tolist()  # noqa: E731
+    assert kept(None) == [0, 1, 2, 3, 4, 5]
+    assert kept(3) == [0, 1, 2]  # the rare corpus token 2 beats the common prior token 3: it keeps the corpus exact
+    assert kept(4) == [0, 1, 2, 3]
+    assert kept(5) == [0, 1, 2, 3, 4]
+
+
+def test_max_bytes_picks_the_largest_vocabulary_that_fits(tiny_bert, labelled_corpus):
+    source = resolve_model(str(tiny_bert))
+    tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
+    target = load_target("cpu")
+    whole = scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"])
+    predict = bundle_bytes_predictor(source, tokenizer_json, 6, target, "unk")
+    limit = (predict(whole.kept) + predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk").kept)) // 2
+    budget = scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"],
+                             max_bytes=limit, target=target)
+    assert budget.predicted_bytes <= limit < predict(
+        scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"],
+                        max_vocab=budget.kept.size + 1).kept
+    )
+    assert set(budget.kept.kept_ids) >= set(np.flatnonzero(budget.counts.counts))  # every corpus token still fits
+    with pytest.raises(BudgetError, match="below the smallest bundle"):
+        scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", max_bytes=1000, target=target)
+
+
+def test_nearest_kept_table_maps_dropped_ids_to_the_closest_non_special_kept_row():
+    rng = np.random.default_rng(0)
+    embedding = rng.normal(size=(40, 8)).astype(np.float32)
+    counts = TokenCounts(counts=np.r_[np.zeros(2), np.ones(10), np.zeros(28)].astype(np.int64), texts=1)
+    kept = choose_kept_ids(counts, {0, 1}, unk_id=1)
+    tables = oov.nearest_kept_table(embedding, kept, {0, 1})
+    unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
+    candidates = np.arange(2, 12)
+    for old in range(40):
+        if old < 12:
+            assert tables.id_map[old] == old  # kept ids run as themselves (here new == old)
+        else:
+            assert tables.id_map[old] == candidates[np.argmax(unit[candidates] @ unit[old])]
+    for new in range(2, 12):
+        others = candidates[candidates != new]
+        assert tables.neighbour[new] == others[np.argmax(unit[others] @ unit[new])]
+    assert tables.neighbour[0] == 0 and tables.remapped_ids == 28
+
+
+def test_word_dropout_replaces_whole_words_and_never_specials():
+    ids = [101, 7, 8, 9, 102]
+    spans = word_spans([None, 0, 0, 1, None])
+    assert spans == [(1, 3), (3, 4)]
+    assert drop_words(ids, spans, 0.0, lambda word: [0], random.Random(0)) == ids
+    assert drop_words(ids, spans, 1.0, lambda word: [0], random.Random(0)) == [101, 0, 0, 102]
+    assert drop_words(ids, spans, 1.0, lambda word: [w + 1 for w in word], random.Random(0)) == [101, 8, 9, 10, 102]
+
+
+@pytest.fixture(scope="module")
+def heldout_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("heldout") / "heldout.txt"
+    lines = (SAMPLES / "heldout.txt").read_text(encoding="utf-8").splitlines()[:40]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def remap_bundles(tmp_path_factory, tiny_bert, heldout_file):
+    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    corpus.write_text("\n".join((SAMPLES / "app_texts.txt").read_text(encoding="utf-8").splitlines()[:120]) + "\n", encoding="utf-8")
+    bundles = {}
+    for target in ("cpu", "web"):
+        out = tmp_path_factory.mktemp(f"remap-{target}") / "app" / "model.onnx"
+        result = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_bert), target=target, oov="remap",
+                                   eval_file=str(heldout_file), train=TrainOptions(epochs=1, oov_dropout=0.1)))
+        bundles[target] = (out.parent, result.manifest)
+    return bundles
+
+
+def test_a_remap_bundle_ships_the_original_tokenizer_and_an_exact_id_table(remap_bundles, tiny_bert):
+    bundle, manifest = remap_bundles["cpu"]
+    original = open_tokenizer(tiny_bert / "tokenizer.json")
+    shipped = open_tokenizer(bundle / "tokenizer.json")
+    assert shipped.get_vocab() == original.get_vocab()
+    # it survives a round trip through tokenizers (aliases in tokenizer.json would not)
+    round_trip = open_tokenizer(json.loads(shipped.to_str()))
+    texts = UNSEEN + [line.split("\t", 1)[1] for line in (SAMPLES / "heldout.txt").read_text(encoding="utf-8").splitlines()[:20]]
+    assert [e.ids for e in round_trip.encode_batch(texts)] == [e.ids for e in original.encode_batch(texts)]
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    table = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == oov.ID_MAP_NAME)
+    config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    assert table.dtype == np.int32 and len(table) == original.get_vocab_size() == config["vocab_size"]
+    kept_rows = manifest["vocab"]["kept"]
+    assert table.max() == kept_rows - 1 and len(np.unique(table)) == kept_rows
+    assert manifest["vocab"]["remap"]["remapped_ids"] == len(table) - kept_rows > 0
+    assert manifest["vocab"]["oov"] == "remap"
+    assert manifest["parity"]["tokenization_mismatches"] == 0 and manifest["parity"]["max_abs_diff"] <= 1e-4
+    assert manifest["training"]["oov_dropout"] == 0.1 and manifest["training"]["oov_dropout_substitute"] == "nearest kept token"
+
+
+def test_a_remap_bundle_runs_original_ids_as_their_nearest_kept_rows(remap_bundles):
+    bundle, _ = remap_bundles["web"]
+    tokenizer = open_tokenizer(bundle / "tokenizer.json")
+    model = onnx.load(str(bundle / "onnx/model.onnx"))
+    table = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == oov.ID_MAP_NAME).astype(np.int64)
+    # the same graph without the table, fed the table's ids by hand, must answer identically
+    plain = onnx.load(str(bundle / "onnx/model.onnx"))
+    del plain.graph.node[:2]
+    for node in plain.graph.node:
+        node.input[:] = ["input_ids" if name == "input_ids_pruned" else name for name in node.input]
+    plain.graph.initializer.remove(next(t for t in plain.graph.initializer if t.name == oov.ID_MAP_NAME))
+    with_table = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    by_hand = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
+    for text in UNSEEN:
+        ids = np.asarray([tokenizer.encode(text).ids], dtype=np.int64)
+        assert (table[ids] != ids).any()  # the text has tokens the corpus never had
+        feeds = {"attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        got = with_table.run(None, {"input_ids": ids, **feeds})[0]
+        want = by_hand.run(None, {"input_ids": table[ids], **feeds})[0]
+        assert np.array_equal(got, want)
+
+
+def test_transformers_js_tokenizes_and_runs_a_remap_bundle_as_python_does(remap_bundles, tmp_path):
+    if not (REPO / "node_modules" / "@huggingface" / "transformers").is_dir() or not shutil.which("node"):
+        pytest.fail("transformers.js is not installed: run `make setup` (npm ci) first")
+    bundle, _ = remap_bundles["web"]
+    tokenizer = open_tokenizer(bundle / "tokenizer.json")
+    ids = [e.ids for e in tokenizer.encode_batch(UNSEEN)]
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"folder": str(bundle), "texts": UNSEEN, "ids": ids, "dtypes": ["fp32", "q8"]}))
+    done = subprocess.run(["node", str(REPO / "tests/js/web_bundle.mjs"), str(request)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["ids"] == ids
+    for dtype, model in (("fp32", "onnx/model.onnx"), ("q8", "onnx/model_quantized.onnx")):
+        session = ort.InferenceSession(str(bundle / model), providers=["CPUExecutionProvider"])
+        for row, text_ids in enumerate(ids):
+            feed = np.asarray([text_ids], dtype=np.int64)
+            want = session.run(["logits"], {"input_ids": feed, "attention_mask": np.ones_like(feed), "token_type_ids": np.zeros_like(feed)})[0]
+            assert np.allclose(result["outputs"][dtype]["values"][row], want.ravel(), atol=1e-5)
+
+
+def test_the_manifest_records_held_out_figures_of_the_shipped_model(remap_bundles, heldout_file):
+    _, manifest = remap_bundles["cpu"]
+    heldout = manifest["heldout"]
+    assert heldout["file"] == heldout_file.name and heldout["texts"] == 40 and heldout["model"] == "model.onnx"
+    assert 0 <= heldout["accuracy"] <= 1 and heldout["remapped_rate"] > 0 and heldout["unk_rate"] is not None
+
+
+def test_oov_dropout_changes_training_and_stays_deterministic(tiny_bert, labelled_corpus, tmp_path):
+    def export(name: str, dropout: float) -> bytes:
+        out = tmp_path / name / "model.onnx"
+        run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), target="cpu", oov="unk",
+                          quantize="none", train=TrainOptions(epochs=1, oov_dropout=dropout)))
+        return out.read_bytes()
+
+    assert export("a", 0.2) == export("b", 0.2) != export("c", 0.0)
+
+
+def test_bad_oov_options_are_one_line_errors(tmp_path, tiny_bert, tiny_roberta, labelled_corpus):
+    with pytest.raises(TargetError, match="--oov remap is not available for the android target"):
+        run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "a" / "model.onnx"), model=str(tiny_bert),
+                          target="android", oov="remap"))
+    with pytest.raises(TokenizerError, match="--oov-dropout needs an UNK token"):
+        run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "b" / "model.onnx"), model=str(tiny_roberta),
+                          oov="unk", train=TrainOptions(epochs=1, oov_dropout=0.1)))
+    for args, message in (
+        (["--oov-dropout", "1.5"], "--oov-dropout must be at least 0 and below 1"),
+        (["--prior-words", "0"], "--prior-words must be at least 1"),
+        (["--prior-words", "10", "--prior-lang", "xx"], "--prior-lang xx: no word list"),
+        (["--max-bytes", "1 kB"], "--max-bytes 1,000 is below the smallest bundle"),
+    ):
+        done = run_cli("--corpus", labelled_corpus, "--out", tmp_path / "c" / "model.onnx", "--model", tiny_bert, "--quiet", *args)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
