@@ -187,7 +187,10 @@ def run_scan(argv: Sequence[str]) -> int:
     from pema_export.corpus import check_corpus_paths
     from pema_export.models import resolve_model
     from pema_export.profiles import load_target
-    from pema_export.scan import predict_sizes, scan_vocabulary, unk_rate
+    from dataclasses import replace
+
+    from pema_export.budget import parse_size
+    from pema_export.scan import bundle_bytes_predictor, predict_sizes, scan_vocabulary, unk_rate
     from pema_export.tokenizers import check_supported, prune_tokenizer
     from pema_export.vocab import DEFAULT_OOV, OOV_POLICIES
 
@@ -202,6 +205,9 @@ def run_scan(argv: Sequence[str]) -> int:
     parser.add_argument("--min-count", type=int, default=1)
     parser.add_argument("--oov", choices=OOV_POLICIES, default=DEFAULT_OOV)
     parser.add_argument("--max-vocab", type=int)
+    parser.add_argument("--max-bytes", metavar="SIZE", help="as for the export")
+    parser.add_argument("--prior-words", type=int, metavar="N", help="as for the export")
+    parser.add_argument("--prior-lang", metavar="LANG[,LANG]", help="as for the export")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     target = load_target(args.target, quantize=args.quantize)
@@ -211,9 +217,14 @@ def run_scan(argv: Sequence[str]) -> int:
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     check_supported(tokenizer_json)
     scan = scan_vocabulary(source, tokenizer_json, corpus_paths, keep_tokens=args.keep_tokens, min_count=args.min_count,
-                           oov=args.oov, max_vocab=args.max_vocab)
+                           oov=args.oov, max_vocab=args.max_vocab, prior_words=args.prior_words,
+                           prior_lang=[lang.strip() for lang in args.prior_lang.split(",") if lang.strip()] if args.prior_lang else None,
+                           max_bytes=parse_size(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None, target=target)
     labelled = scan.summary.labelled == scan.summary.texts
     prediction = predict_sizes(source, tokenizer_json, scan.kept, len(scan.summary.labels) if labelled else None, target)
+    if args.oov == "remap":  # the original tokenizer and the id table ship instead of a pruned tokenizer
+        total = bundle_bytes_predictor(source, tokenizer_json, len(scan.summary.labels) if labelled else None, target, "remap")(scan.kept)
+        prediction = replace(prediction, tokenizer_bytes=total - prediction.model_bytes - prediction.other_bytes)
     kept, original = scan.kept.size, scan.kept.original_size
     result = {
         "model": source.name,
@@ -225,7 +236,9 @@ def run_scan(argv: Sequence[str]) -> int:
                             "total": prediction.total_bytes},
     }
     if heldout_paths:
-        result["heldout_unk_rate"] = unk_rate(prune_tokenizer(tokenizer_json, scan.kept.kept_ids), heldout_paths)
+        # a remap bundle ships the original tokenizer: its unseen pieces run as neighbours, never as UNK
+        shipped = tokenizer_json if args.oov == "remap" else prune_tokenizer(tokenizer_json, scan.kept.kept_ids)
+        result["heldout_unk_rate"] = unk_rate(shipped, heldout_paths)
         result["heldout_unk_rate_full_vocab"] = unk_rate(tokenizer_json, heldout_paths)
     if args.json:
         print(json.dumps(result, indent=2))
