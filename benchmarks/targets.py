@@ -33,7 +33,7 @@ SHORT_TEXT = "where is my order?"
 
 # Runs in a child process: load one model, measure, print JSON.
 _PROBE = r"""
-import json, resource, statistics, sys, time
+import json, statistics, sys, time
 import numpy as np
 import onnxruntime as ort
 path, short_ids, long_ids, runs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
@@ -43,7 +43,8 @@ options.inter_op_num_threads = 1
 start = time.perf_counter()
 session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 load_ms = (time.perf_counter() - start) * 1000
-rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM, not ru_maxrss: ru_maxrss carries over the forking parent's peak across exec, VmHWM starts afresh
+rss_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 names = {i.name for i in session.get_inputs()}
 def feed(ids):
     f = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
