@@ -1,6 +1,6 @@
 """Bundle size: the same fine-tuned model exported plainly with optimum (full vocabulary) vs with pema-export.
 
-    .venv/bin/python benchmarks/size_vs_plain.py [--corpus samples/app_texts.txt] [--epochs 3]
+    .venv/bin/python benchmarks/size_vs_plain.py [--corpus samples/app_texts.txt]
 
 pema-export fine-tunes with the partial embedding and also writes the merged full-vocabulary checkpoint
 (--save-full); optimum then exports that checkpoint as it is, so both sides hold the same trained weights.
@@ -30,13 +30,13 @@ def pema_export(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=str(REPO / "samples" / "app_texts.txt"))
-    parser.add_argument("--epochs", default="3")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pema-bench-") as scratch:
         scratch = Path(scratch)
+        # the CLI's own training defaults on both; same seed, so both runs train the same model
         pema_export("--corpus", args.corpus, "--out", str(scratch / "pema-fp32" / "model.onnx"), "--quantize", "none",
-                    "--epochs", args.epochs, "--save-full", str(scratch / "full"))
-        pema_export("--corpus", args.corpus, "--out", str(scratch / "pema-cpu" / "model.onnx"), "--epochs", args.epochs)
+                    "--save-full", str(scratch / "full"))
+        pema_export("--corpus", args.corpus, "--out", str(scratch / "pema-cpu" / "model.onnx"))
 
         from optimum.exporters.onnx import main_export
 

@@ -234,3 +234,27 @@ def tiny_electra(tmp_path_factory, wordpiece_tokenizer) -> Path:
         tmp_path_factory.mktemp("tiny-electra"), "electra", ELECTRA_TOKENIZER_CONFIG, wordpiece_tokenizer,
         embedding_size=16, pad_token_id=0, **TINY_SIZES,
     )
+
+
+BASELINES = REPO / "tests" / "baselines"
+
+
+def check_size_baseline(bundle_dir: Path, name: str, tolerance: str = "2%") -> None:
+    """Size-regression check of a sample bundle against tests/baselines/NAME.json (`pema-export check --baseline`).
+
+    PEMA_UPDATE_BASELINES=1 rewrites the baseline instead: do that only for a size change you mean."""
+    import os
+
+    from pema_export.cli import main as cli_main
+
+    manifest = json.loads((bundle_dir / "pema-manifest.json").read_text())
+    baseline = BASELINES / f"{name}.json"
+    if os.environ.get("PEMA_UPDATE_BASELINES") == "1":
+        BASELINES.mkdir(exist_ok=True)
+        keep = {"model": manifest["model"], "target": manifest["target"], "vocab": {"original": manifest["vocab"]["original"], "kept": manifest["vocab"]["kept"]},
+                "files": {file: {"bytes": entry["bytes"]} for file, entry in manifest["files"].items()}}
+        baseline.write_text(json.dumps(keep, indent=2) + "\n")
+    assert baseline.is_file(), f"no size baseline {baseline}: run the test once with PEMA_UPDATE_BASELINES=1 and commit it"
+    assert cli_main(["check", str(bundle_dir), "--baseline", str(baseline), "--tolerance", tolerance]) == 0, (
+        f"the bundle grew past {baseline} (see the lines above); if that is intended, update it with PEMA_UPDATE_BASELINES=1"
+    )

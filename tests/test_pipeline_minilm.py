@@ -115,3 +115,10 @@ def test_scan_predicts_the_bundle_within_two_percent(classifier_bundle, capsys):
     written = bundle_report(out.parent).total_bytes
     assert predicted["vocab"]["kept"] == manifest["vocab"]["kept"]
     assert abs(predicted["predicted_bytes"]["total"] - written) / written < 0.02
+
+
+def test_sample_classifier_bundle_did_not_grow(classifier_bundle):
+    from conftest import check_size_baseline
+
+    out, _, _ = classifier_bundle
+    check_size_baseline(out.parent, "minilm-app_texts-fp32")

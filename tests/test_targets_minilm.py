@@ -142,3 +142,10 @@ def test_the_trained_model_passes_every_stage_and_the_shipped_file_answers_as_re
     assert final["precision"] == "int8" and final["mean_cosine"] >= 0.99 and final["min_cosine"] >= 0.98
     assert _corpus_cosines(out.parent / shipped, fp32, bundle).min() == pytest.approx(final["min_cosine"], abs=1e-6)
     assert not (out.parent / MANIFEST_NAME).exists()  # ship() stages model files; the pipeline writes the manifest
+
+
+def test_sample_web_bundle_did_not_grow(web_bundle):
+    from conftest import check_size_baseline
+
+    bundle, _ = web_bundle
+    check_size_baseline(bundle, "minilm-search_texts-web")
