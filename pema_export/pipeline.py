@@ -152,8 +152,9 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         export_onnx(partial.model, partial.task, target, fp32_onnx, pooling=partial.pooling)
 
         log("verifying tokenization on every corpus text and outputs on a sample with onnxruntime")
-        # the checks run on the pruned vocabulary (a remap bundle ships the original tokenizer; checked after ship)
-        pruned_tokenizer = open_tokenizer(pruned_json)
+        # the checks run on the pruned vocabulary: the shipped file itself, except for a remap bundle, which ships
+        # the original tokenizer (its table is checked after ship)
+        pruned_tokenizer = open_tokenizer(pruned_json if remap else staged.path("tokenizer.json"))
         fidelity = check_tokenization(original_tokenizer, pruned_tokenizer, kept, (e.text for e in read_corpus(corpus_paths)))
         pruned_tokenizer.enable_truncation(options.max_length)
         parity = check_parity(
