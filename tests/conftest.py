@@ -84,13 +84,18 @@ def minilm_path() -> Path:
     return resolve_model(None).path
 
 
+def sample_head(folder: Path, sample: str, lines: int, name: str | None = None) -> Path:
+    """A corpus file in ``folder`` holding the first ``lines`` lines of ``samples/<sample>``."""
+    head = (SAMPLES / sample).read_text(encoding="utf-8").splitlines()[:lines]
+    path = folder / (name or sample)
+    path.write_text("\n".join(head) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture()
 def labelled_corpus(tmp_path) -> Path:
     """A small labelled .txt corpus (the first 120 sample lines: all six labels)."""
-    lines = (SAMPLES / "app_texts.txt").read_text(encoding="utf-8").splitlines()[:120]
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return sample_head(tmp_path, "app_texts.txt", 120, name="corpus.txt")
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

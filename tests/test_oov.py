@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from conftest import REPO, SAMPLES, run_cli
+from conftest import REPO, SAMPLES, run_cli, sample_head
 from pema_export import oov
 from pema_export.budget import BudgetError
 from pema_export.errors import TargetError, TokenizerError
@@ -112,16 +112,12 @@ def test_word_dropout_replaces_whole_words_and_never_specials():
 
 @pytest.fixture(scope="module")
 def heldout_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("heldout") / "heldout.txt"
-    lines = (SAMPLES / "heldout.txt").read_text(encoding="utf-8").splitlines()[:40]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return sample_head(tmp_path_factory.mktemp("heldout"), "heldout.txt", 40)
 
 
 @pytest.fixture(scope="module")
 def remap_bundles(tmp_path_factory, tiny_bert, heldout_file):
-    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    corpus.write_text("\n".join((SAMPLES / "app_texts.txt").read_text(encoding="utf-8").splitlines()[:120]) + "\n", encoding="utf-8")
+    corpus = sample_head(tmp_path_factory.mktemp("corpus"), "app_texts.txt", 120, name="corpus.txt")
     bundles = {}
     for target in ("cpu", "web"):
         out = tmp_path_factory.mktemp(f"remap-{target}") / "app" / "model.onnx"

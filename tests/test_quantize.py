@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from conftest import SAMPLES
+from conftest import sample_head
 from pema_export.optimize import optimize_onnx
 from pema_export.ort_format import convert_to_ort, ort_embedding_bytes
 from pema_export.pipeline import ExportOptions, run
@@ -17,8 +17,7 @@ from pema_export.quantize import embedding_bytes, quantize_model
 @pytest.fixture(scope="module")
 def tiny_fp32(tmp_path_factory, tiny_bert) -> tuple[Path, int]:
     """A tiny BERT's fp32 ONNX as the pipeline exports it, and its kept vocabulary size."""
-    corpus = tmp_path_factory.mktemp("corpus") / "texts.txt"
-    corpus.write_text("\n".join((SAMPLES / "search_texts.txt").read_text(encoding="utf-8").splitlines()[:40]) + "\n")
+    corpus = sample_head(tmp_path_factory.mktemp("corpus"), "search_texts.txt", 40, name="texts.txt")
     out = tmp_path_factory.mktemp("fp32") / "model.onnx"
     result = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_bert), target="web", quantize="none"))
     return out.parent / "onnx" / "model.onnx", result.manifest["vocab"]["kept"]

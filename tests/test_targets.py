@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import SAMPLES
+from conftest import sample_head
 from pema_export import quantize as quantize_module
 from pema_export.bundle import MANIFEST_NAME
 from pema_export.cli import main
@@ -32,10 +32,7 @@ COMMON_FILES = {"config.json", "tokenizer.json", "tokenizer_config.json"}
 @pytest.fixture(scope="module")
 def search_corpus(tmp_path_factory) -> Path:
     """Unlabelled app texts: the tiny model stays a feature extractor, checked by cosine."""
-    lines = (SAMPLES / "search_texts.txt").read_text(encoding="utf-8").splitlines()[:80]
-    path = tmp_path_factory.mktemp("corpus") / "search.txt"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return sample_head(tmp_path_factory.mktemp("corpus"), "search_texts.txt", 80, name="search.txt")
 
 
 @pytest.fixture(scope="module")

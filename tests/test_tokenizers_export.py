@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import REPO, SAMPLES, TRAINING_TEXT
+from conftest import REPO, SAMPLES, TRAINING_TEXT, sample_head
 from pema_export.errors import TokenizerError
 from pema_export.pipeline import ExportOptions, run
 
@@ -36,10 +36,7 @@ def corpus_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def labelled_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("family-labelled") / "corpus.txt"
-    lines = (SAMPLES / "app_texts.txt").read_text(encoding="utf-8").splitlines()[:60]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return sample_head(tmp_path_factory.mktemp("family-labelled"), "app_texts.txt", 60, name="corpus.txt")
 
 
 @pytest.fixture(scope="module")
