@@ -14,13 +14,13 @@ import copy
 import functools
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from pema_export.errors import CorpusError, ModelError, TargetError, TokenizerError, VerificationError
+from pema_export.errors import CorpusError, ModelError, TokenizerError, VerificationError
 
 # Languages whose share of the corpus texts is below this are not given a prior (one stray French greeting in an
 # English corpus should not buy thousands of French rows).
@@ -257,14 +257,6 @@ def heldout_report(model_path: Path, tokenizer, texts: list[str], labels: list[i
     return HeldOutReport(texts=len(texts), pieces=len(pieces), unk_rate=unk, remapped_rate=remapped, accuracy=accuracy)
 
 
-def check_remap_target(oov: str, target) -> None:
-    """The table is prepended to the shipped ONNX graph; an .ort file is converted before that point."""
-    if oov == "remap" and target.format == "ort":
-        raise TargetError(
-            f"--oov remap is not available for the {target.name} target yet (ORT format); use --oov fallback or unk"
-        )
-
-
 def shipped_config(config, kept=None):
     """config.json as shipped: a remap bundle's graph takes original ids, so vocab_size and the special-token ids
     are the original ones (the model's own config, used for training and export, keeps the pruned numbering)."""
@@ -281,29 +273,49 @@ def shipped_config(config, kept=None):
     return shipped
 
 
-def remap_shipped_models(staged, tables: RemapTables, kept, reference, work: Path) -> dict:
-    """Prepend the id table to every shipped ONNX model, each checked against itself before the table: on the
-    corpus sample's original ids it must answer exactly as before on the pruned ids (the table is an exact lookup)."""
-    import shutil
+@dataclass
+class IdRemap:
+    """``--oov remap`` as a stage of ``stages.ship``: the table goes into every shipped model, checked exactly.
 
-    import onnxruntime as ort
+    ``apply`` prepends the table to a model file in place and checks the result against the model before the
+    table: on the corpus sample's original ids it must answer exactly (0.0) as before on the pruned ids, since the
+    table is a lookup. It returns the reference with original ids as its feeds, so the stages after it (ORT
+    conversion) are checked on the ids the app will send."""
 
-    models = sorted(name for name in staged.files() if name.endswith(".onnx"))
-    for name in models:
-        before = work / f"before-remap-{len(name)}-{Path(name).name}"
-        shutil.copyfile(staged.path(name), before)
-        prepend_id_remap(staged.path(name), tables.id_map)
-        sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (before, staged.path(name))]
+    tables: RemapTables
+    kept: object  # vocab.KeptVocab
+    models: list[str] = field(default_factory=list)
+    texts_checked: int = 0
+
+    def apply(self, model: Path, name: str, reference, work: Path):
+        import shutil
+
+        import onnxruntime as ort
+
+        before = work / f"before-remap-{len(self.models)}.onnx"
+        shutil.copyfile(model, before)
+        prepend_id_remap(model, self.tables.id_map)
+        original = self.original_ids(reference)
+        sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (before, model)]
         inputs = [{i.name for i in session.get_inputs()} for session in sessions]
-        for feed, text in zip(reference.feeds, reference.texts):
-            original_ids = {**feed, "input_ids": kept.kept_ids[feed["input_ids"]]}
-            want = sessions[0].run(None, {k: v for k, v in feed.items() if k in inputs[0]})
-            got = sessions[1].run(None, {k: v for k, v in original_ids.items() if k in inputs[1]})
+        for pruned_feed, original_feed, text in zip(reference.feeds, original.feeds, reference.texts):
+            want = sessions[0].run(None, {k: v for k, v in pruned_feed.items() if k in inputs[0]})
+            got = sessions[1].run(None, {k: v for k, v in original_feed.items() if k in inputs[1]})
             diff = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
             if diff > 0.0:
                 raise VerificationError(f"--oov remap: {name} with the id table differs by {diff:.3g} on corpus text {text[:80]!r}")
-    return {"table": ID_MAP_NAME, "table_bytes": 4 * len(tables.id_map), "remapped_ids": tables.remapped_ids, "models": models,
-            "texts_checked": len(reference.texts)}
+        self.models.append(name)
+        self.texts_checked = len(reference.texts)
+        return original
+
+    def original_ids(self, reference):
+        """The same reference, its feeds in the original tokenizer's numbering (what a remap bundle's app sends)."""
+        feeds = [{**feed, "input_ids": self.kept.kept_ids[feed["input_ids"]]} for feed in reference.feeds]
+        return replace(reference, feeds=feeds)
+
+    def as_manifest(self) -> dict:
+        return {"table": ID_MAP_NAME, "table_bytes": 4 * len(self.tables.id_map), "remapped_ids": self.tables.remapped_ids,
+                "models": sorted(self.models), "texts_checked": self.texts_checked}
 
 
 @dataclass(frozen=True)

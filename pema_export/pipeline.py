@@ -33,12 +33,11 @@ from pema_export.train import (
     word_spans,
 )
 from pema_export.oov import (
-    check_remap_target,
     heldout_report,
     nearest_kept_table,
     oov_dropout,
     pretrained_embedding,
-    remap_shipped_models,
+    IdRemap,
     shipped_config,
 )
 from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, onnx_reference, torch_reference
@@ -87,7 +86,6 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     resolve_device(options.train.device)
     if options.save_full:
         check_save_full_dir(Path(options.save_full))
-    check_remap_target(options.oov, target)
     source = resolve_model(options.model)
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     check_supported(tokenizer_json)
@@ -166,10 +164,10 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         )
         log(f"building the {target.name} bundle: {_stage_names(target)}, each checked against the fp32 ONNX")
         reference = onnx_reference(fp32_onnx, pruned_tokenizer, summary.sample_texts, pad_id=_pad_id(partial.model.config))
-        shipped = ship(target, fp32_onnx, ModelShape.from_config(partial.model.config), reference, staged, out, Path(work), log)
-        remap_manifest = None
-        if remap:
-            remap_manifest = remap_shipped_models(staged, remap, kept, reference, Path(work))
+        id_remap = IdRemap(remap, kept) if remap else None
+        shipped = ship(target, fp32_onnx, ModelShape.from_config(partial.model.config), reference, staged, out, Path(work), log, id_remap)
+        remap_manifest = id_remap.as_manifest() if id_remap else None
+        if id_remap:
             log(f"--oov remap: id table ({remap_manifest['table_bytes']:,} bytes) in {', '.join(remap_manifest['models'])}; "
                 "outputs on original ids identical to the pruned model's")
         heldout = None

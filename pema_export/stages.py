@@ -19,6 +19,7 @@ from typing import Callable
 
 from pema_export.bundle import StagedBundle
 from pema_export.errors import OutputError
+from pema_export.oov import IdRemap
 from pema_export.optimize import optimize_onnx
 from pema_export.ort_format import convert_to_ort, mobile_usability, ort_embedding_bytes
 from pema_export.profiles import Target
@@ -86,8 +87,12 @@ def ship(
     out: Path,
     work: Path,
     log: Callable[[str], None] = lambda message: None,
+    remap: IdRemap | None = None,
 ) -> Shipped:
-    """Run the target's stages on ``fp32`` (scratch files in ``work``), verify each, and stage the shipped files."""
+    """Run the target's stages on ``fp32`` (scratch files in ``work``), verify each, and stage the shipped files.
+
+    ``remap`` (``--oov remap``) goes into each model as it is placed, after its own check on pruned ids; for the
+    ORT format before conversion, so the .ort file carries the table and its check runs on original ids."""
     shipped = Shipped()
     fp32_embedding = embedding_bytes(fp32, shape.vocab_size)
     shipped.stages.append({"stage": "export", "precision": "fp32", "embedding": fp32_embedding.as_manifest()})
@@ -104,6 +109,8 @@ def ship(
 
     if target.format == "transformers.js":
         _place(current, staged, WEB_MODEL)
+        if remap:
+            remap.apply(staged.path(WEB_MODEL), WEB_MODEL, reference, work)
         shipped.embedding_bytes[WEB_MODEL] = shipped.embedding_bytes["fp32"]
 
     if target.quantize != "none":
@@ -117,11 +124,19 @@ def ship(
         shipped.stages.append({"stage": f"quantize {precision}", **report.as_manifest(), "check": check.as_manifest()})
         if name:
             shipped.embedding_bytes[name] = {"dtype": report.embedding.dtype, "bytes": report.embedding.bytes}
+            if remap:
+                remap.apply(quantized, name, reference, work)
         current = quantized
 
     if target.format == "ort":
+        ort_name = shipped_model_name(target, out)
+        if remap:
+            remapped = work / "remapped.onnx"
+            shutil.copyfile(current, remapped)
+            reference = remap.apply(remapped, ort_name, reference, work)
+            current = remapped
         shipped.mobile = {"usability": mobile_usability(current, target.guidance)}
-        ort_path = staged.path(shipped_model_name(target, out))
+        ort_path = staged.path(ort_name)
         conversion = convert_to_ort(current, ort_path, target.ort_optimization_style, target.ort_target_platform)
         check = check_stage("convert to ORT", ort_path, reference, precision)
         log(f"convert to ORT ({target.ort_optimization_style}, {target.ort_target_platform}): {_figures(check)}")
@@ -130,6 +145,8 @@ def ship(
         shipped.embedding_bytes[ort_path.name] = {"dtype": dtype, "bytes": size}
     elif target.format == "onnx":
         _place(current, staged, out.name)
+        if remap:
+            remap.apply(staged.path(out.name), out.name, reference, work)
         final = embedding_bytes(staged.path(out.name), shape.vocab_size)
         shipped.embedding_bytes[out.name] = {"dtype": final.dtype, "bytes": final.bytes}
     return shipped

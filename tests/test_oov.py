@@ -17,13 +17,13 @@ from onnx import numpy_helper
 from conftest import REPO, SAMPLES, run_cli, sample_head
 from pema_export import oov
 from pema_export.budget import BudgetError
-from pema_export.errors import TargetError, TokenizerError
+from pema_export.errors import TokenizerError
 from pema_export.models import resolve_model
 from pema_export.pipeline import ExportOptions, run
 from pema_export.profiles import load_target
 from pema_export.scan import bundle_bytes_predictor, scan_vocabulary
 from pema_export.train import TrainOptions, drop_words, word_spans
-from pema_export.vocab import TokenCounts, choose_kept_ids, open_tokenizer
+from pema_export.vocab import TokenCounts, choose_kept_ids, open_tokenizer, special_token_ids
 
 UNSEEN = ["The courier vanished with my lasagne and the receipt", "Refund the tiramisu, it arrived frozen solid"]
 
@@ -118,8 +118,8 @@ def heldout_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def remap_bundles(tmp_path_factory, tiny_bert, heldout_file):
     corpus = sample_head(tmp_path_factory.mktemp("corpus"), "app_texts.txt", 120, name="corpus.txt")
-    bundles = {}
-    for target in ("cpu", "web"):
+    bundles = {"corpus": corpus}
+    for target in ("cpu", "web", "android"):
         out = tmp_path_factory.mktemp(f"remap-{target}") / "app" / "model.onnx"
         result = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_bert), target=target, oov="remap",
                                    eval_file=str(heldout_file), train=TrainOptions(epochs=1, oov_dropout=0.1)))
@@ -163,11 +163,38 @@ def test_a_remap_bundle_runs_original_ids_as_their_nearest_kept_rows(remap_bundl
     by_hand = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
     for text in UNSEEN:
         ids = np.asarray([tokenizer.encode(text).ids], dtype=np.int64)
-        assert (table[ids] != ids).any()  # the text has tokens the corpus never had
+        assert (table[ids] != ids).any()  # the table renumbers (and remaps) the ids
         feeds = {"attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         got = with_table.run(None, {"input_ids": ids, **feeds})[0]
         want = by_hand.run(None, {"input_ids": table[ids], **feeds})[0]
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("target, model_name", [("cpu", "model.onnx"), ("android", "model.ort")])
+def test_an_unseen_token_runs_exactly_as_its_nearest_kept_token(remap_bundles, tiny_bert, target, model_name):
+    """Feeding a text's original ids, or the same ids with every dropped one replaced by (the original id of) its
+    nearest kept token, gives the same outputs, bit for bit: for the fused int8 .onnx and for the .ort file."""
+    bundle, manifest = remap_bundles[target]
+    assert manifest["vocab"]["remap"]["models"] == [model_name]
+    source = resolve_model(str(tiny_bert))
+    tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
+    kept = scan_vocabulary(source, tokenizer_json, [remap_bundles["corpus"]], oov="remap").kept
+    tables = oov.nearest_kept_table(oov.pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
+    assert manifest["vocab"]["kept"] == kept.size and manifest["vocab"]["remap"]["remapped_ids"] == tables.remapped_ids
+    session = ort.InferenceSession(str(bundle / model_name), providers=["CPUExecutionProvider"])
+    tokenizer = open_tokenizer(bundle / "tokenizer.json")
+    texts = UNSEEN + [line.split("\t", 1)[1] for line in (SAMPLES / "heldout.txt").read_text(encoding="utf-8").splitlines()]
+    with_unseen = [ids for ids in (tokenizer.encode(text).ids for text in texts) if (kept.id_map[ids] < 0).any()]
+    assert len(with_unseen) >= 10  # texts with tokens the corpus never had
+    for text_ids in with_unseen[:10]:
+        ids = np.asarray([text_ids], dtype=np.int64)
+        as_neighbours = kept.kept_ids[tables.id_map[ids]]
+        feeds = {"attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        got = session.run(None, {"input_ids": ids, **feeds})[0]
+        want = session.run(None, {"input_ids": as_neighbours, **feeds})[0]
+        assert np.array_equal(got, want)
+    usability = manifest.get("mobile", {}).get("usability")
+    assert target != "android" or usability is not None
 
 
 def test_transformers_js_tokenizes_and_runs_a_remap_bundle_as_python_does(remap_bundles, tmp_path):
@@ -209,9 +236,6 @@ def test_oov_dropout_changes_training_and_stays_deterministic(tiny_bert, labelle
 
 
 def test_bad_oov_options_are_one_line_errors(tmp_path, tiny_bert, tiny_roberta, labelled_corpus):
-    with pytest.raises(TargetError, match="--oov remap is not available for the android target"):
-        run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "a" / "model.onnx"), model=str(tiny_bert),
-                          target="android", oov="remap"))
     with pytest.raises(TokenizerError, match="--oov-dropout needs an UNK token"):
         run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "b" / "model.onnx"), model=str(tiny_roberta),
                           oov="unk", train=TrainOptions(epochs=1, oov_dropout=0.1)))
