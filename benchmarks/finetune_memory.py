@@ -12,7 +12,8 @@
    folder, trained a few steps on the same texts (MiniLM token ids spread over the 250k vocabulary by a fixed
    permutation): memory only, its accuracy means nothing.
 
-The sides run one after the other (never in parallel: the XLM-R full side needs several GB). The last line printed
+The sides run one after the other, alternating for --repeats pairs (never in parallel: the XLM-R full side needs
+several GB); the table shows each side's median and the median of the per-pair ratios. The last line printed
 is one JSON object. Benchmarks print numbers; they are not tests.
 """
 
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--xlmr-steps", type=int, default=6, help="optimizer steps on the XLM-R-shaped model")
     parser.add_argument("--skip-xlmr", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="full/PEMA pairs, run alternately; the table shows medians and median per-pair ratios")
     parser.add_argument("--child", choices=["full", "pema"], help=argparse.SUPPRESS)
     parser.add_argument("--model", default="minilm", help=argparse.SUPPRESS)
     parser.add_argument("--make-xlmr", metavar="DIR", help=argparse.SUPPRESS)
@@ -60,14 +63,15 @@ def compare(args) -> None:
               "--max-length", str(args.max_length), "--seed", str(args.seed), "--device", args.device,
               "--xlmr-steps", str(args.xlmr_steps)]
     results = {"device": args.device, "batch_size": args.batch_size, "max_length": args.max_length, "epochs": args.epochs}
-    minilm = {side: child(side, "minilm", common) for side in ("full", "pema")}
+    results["repeats"] = args.repeats
+    minilm = pairs("minilm", common, args.repeats)
     results.update(summary(minilm))
-    print_table("all-MiniLM-L6-v2, 6-way classifier, " f"{minilm['full']['train_texts']} train / "
-                f"{minilm['full']['eval_texts']} held-out texts, {args.epochs} epochs", minilm)
+    print_table("all-MiniLM-L6-v2, 6-way classifier, " f"{minilm['full'][0]['train_texts']} train / "
+                f"{minilm['full'][0]['eval_texts']} held-out texts, {args.epochs} epochs", minilm)
     if not args.skip_xlmr:
         with tempfile.TemporaryDirectory(prefix="pema-bench-xlmr-") as folder:
             subprocess.run([sys.executable, __file__, "--make-xlmr", folder], check=True)
-            xlmr = {side: child(side, folder, common) for side in ("full", "pema")}
+            xlmr = pairs(folder, common, args.repeats)
         print_table(f"XLM-R-base-shaped, random weights, {args.xlmr_steps} steps (memory only)", xlmr)
         results.update({f"xlmr_{key}": value for key, value in summary(xlmr).items()})
     print(json.dumps(results))
@@ -80,22 +84,44 @@ def child(side: str, model: str, common: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def summary(sides: dict) -> dict:
-    full, pema = sides["full"], sides["pema"]
+def pairs(model: str, common: list[str], repeats: int) -> dict:
+    """``repeats`` full/PEMA pairs, alternating so machine load falls on both sides alike: per side, every run."""
+    runs = {"full": [], "pema": []}
+    for _ in range(repeats):
+        for side in ("full", "pema"):
+            runs[side].append(child(side, model, common))
+    for side, side_runs in runs.items():
+        if len({run["accuracy"] for run in side_runs}) > 1:  # the loop is seeded: a difference is a bug, not noise
+            raise SystemExit(f"{side}: held-out accuracy differs between repeats: {[run['accuracy'] for run in side_runs]}")
+    return runs
+
+
+def summary(runs: dict) -> dict:
+    """Medians of each side's figures, and the median of the per-pair ratios (each pair ran back to back)."""
+    from statistics import median
+
+    def figure(side: str, key: str) -> float:
+        return round(median(run[key] for run in runs[side]), 2)
+
+    def ratio(key: str) -> float:
+        return round(median(p[key] / f[key] for f, p in zip(runs["full"], runs["pema"])), 3)
+
+    full, pema = runs["full"][0], runs["pema"][0]
     out = {
-        "peak_rss_mb_full": full["peak_rss_mb"], "peak_rss_mb_pema": pema["peak_rss_mb"],
-        "peak_rss_ratio": round(pema["peak_rss_mb"] / full["peak_rss_mb"], 3),
-        "seconds_full": full["seconds"], "seconds_pema": pema["seconds"],
-        "seconds_ratio": round(pema["seconds"] / full["seconds"], 3),
-        "train_seconds_full": full["train_seconds"], "train_seconds_pema": pema["train_seconds"],
-        "cpu_seconds_full": full["cpu_seconds"], "cpu_seconds_pema": pema["cpu_seconds"],
-        "cpu_seconds_ratio": round(pema["cpu_seconds"] / full["cpu_seconds"], 3),
+        "peak_rss_mb_full": figure("full", "peak_rss_mb"), "peak_rss_mb_pema": figure("pema", "peak_rss_mb"),
+        "peak_rss_ratio": ratio("peak_rss_mb"),
+        "seconds_full": figure("full", "seconds"), "seconds_pema": figure("pema", "seconds"),
+        "seconds_ratio": ratio("seconds"),
+        "seconds_ratio_per_pair": [round(p["seconds"] / f["seconds"], 3) for f, p in zip(runs["full"], runs["pema"])],
+        "train_seconds_full": figure("full", "train_seconds"), "train_seconds_pema": figure("pema", "train_seconds"),
+        "cpu_seconds_full": figure("full", "cpu_seconds"), "cpu_seconds_pema": figure("pema", "cpu_seconds"),
+        "cpu_seconds_ratio": ratio("cpu_seconds"),
         "acc_full": full["accuracy"], "acc_pema": pema["accuracy"],
         "embedding_rows_full": full["embedding_rows"], "embedding_rows_pema": pema["embedding_rows"],
     }
     if full.get("peak_cuda_mb") is not None:
-        out.update(peak_cuda_mb_full=full["peak_cuda_mb"], peak_cuda_mb_pema=pema["peak_cuda_mb"],
-                   peak_cuda_ratio=round(pema["peak_cuda_mb"] / full["peak_cuda_mb"], 3))
+        out.update(peak_cuda_mb_full=figure("full", "peak_cuda_mb"), peak_cuda_mb_pema=figure("pema", "peak_cuda_mb"),
+                   peak_cuda_ratio=ratio("peak_cuda_mb"))
     return out
 
 
@@ -108,6 +134,7 @@ def print_table(title: str, sides: dict) -> None:
     if "peak_cuda_mb_full" in s:
         print(f"{'peak CUDA (MB)':22s}{s['peak_cuda_mb_full']:>18,.0f}{s['peak_cuda_mb_pema']:>14,.0f}{s['peak_cuda_ratio']:>9.3f}")
     print(f"{'wall time (s)':22s}{s['seconds_full']:>18.1f}{s['seconds_pema']:>14.1f}{s['seconds_ratio']:>9.3f}")
+    print(f"{'  per pair':22s}{'':32s}{' '.join(f'{r:.3f}' for r in s['seconds_ratio_per_pair']):>9s}")
     print(f"{'  of which training':22s}{s['train_seconds_full']:>18.1f}{s['train_seconds_pema']:>14.1f}")
     print(f"{'CPU time (s)':22s}{s['cpu_seconds_full']:>18.1f}{s['cpu_seconds_pema']:>14.1f}{s['cpu_seconds_ratio']:>9.3f}")
     print(f"{'held-out accuracy':22s}{s['acc_full']:>18.4f}{s['acc_pema']:>14.4f}", flush=True)
