@@ -12,6 +12,9 @@ from pema_export.models import Pooling
 SENTENCE_OUTPUT = "sentence_embedding"
 MEAN_EPS = 1e-9  # sentence-transformers clamps the token count so an all-pad row cannot divide by zero
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
+# The pooling nodes' names start with this; fp16 conversion leaves them in fp32 (NORM_EPS is 0 in fp16, and a sum
+# over 128 tokens' states can overflow it).
+POOL_NODE_PREFIX = "pema_pool/"
 
 
 def pool_torch(pooling: Pooling, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -54,6 +57,8 @@ def append_pooling(model: onnx.ModelProto, pooling: Pooling, hidden_name: str = 
         ]
     else:
         nodes.append(helper.make_node("Identity", ["pool/pooled"], [SENTENCE_OUTPUT]))
+    for index, node in enumerate(nodes):
+        node.name = f"{POOL_NODE_PREFIX}{index}_{node.op_type}"
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     hidden_size = next(

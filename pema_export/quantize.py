@@ -77,12 +77,15 @@ def quantize_int8(src: Path, dst: Path) -> Path:
 
 def convert_fp16(src: Path, dst: Path) -> Path:
     """fp16 weights and compute; inputs and outputs stay as they were (int64 ids in, float32 out) so callers do
-    not change."""
+    not change. Sentence pooling (pooling.py) stays fp32: the encoder's fp16 states are cast up before it."""
     from onnxruntime.transformers.onnx_model import OnnxModel
 
+    from pema_export.pooling import POOL_NODE_PREFIX
+
     model = OnnxModel(onnx.load(str(src)))
+    pooling = [node.name for node in model.model.graph.node if node.name.startswith(POOL_NODE_PREFIX)]
     with quiet_onnxruntime_logs():
-        model.convert_float_to_float16(keep_io_types=True)
+        model.convert_float_to_float16(keep_io_types=True, node_block_list=pooling)
     model.model.producer_name = "pema-export"
     onnx.save(model.model, str(dst))
     return dst

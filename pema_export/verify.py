@@ -194,7 +194,11 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
     otherwise the token states of the text's real tokens). Padded positions are never compared: fused attention
     leaves them undefined and no app reads them.
     """
-    session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types; the stage is what the user needs
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VerificationError(f"stage {stage!r} failed: onnxruntime cannot load its output: {first_line}") from None
     session_inputs = {i.name for i in session.get_inputs()}
     names = list(reference.outputs[0])
     missing = [name for name in names if name not in {o.name for o in session.get_outputs()}]

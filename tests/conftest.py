@@ -73,6 +73,21 @@ def tiny_bert(tmp_path_factory, wordpiece_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sentence_encoder(tmp_path_factory, wordpiece_tokenizer) -> Path:
+    """tiny_bert as a sentence-transformers folder: mean pooling, normalized (all-MiniLM-L6-v2's modules)."""
+    folder = save_tiny_model(tmp_path_factory.mktemp("tiny-st"), "bert", wordpiece_tokenizer)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules), encoding="utf-8")
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_distilbert(tmp_path_factory, wordpiece_tokenizer) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny-distilbert"), "distilbert", wordpiece_tokenizer)
 

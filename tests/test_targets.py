@@ -17,6 +17,7 @@ from pema_export.bundle import MANIFEST_NAME
 from pema_export.cli import main
 from pema_export.errors import TargetError, VerificationError
 from pema_export.pipeline import ExportOptions, run
+from pema_export.pooling import POOL_NODE_PREFIX
 from pema_export.profiles import builtin_targets, load_target
 from pema_export.verify import OnnxReference, check_stage
 
@@ -227,6 +228,44 @@ def test_quantize_overrides_the_profile(tmp_path, tiny_bert, search_corpus, targ
     assert ("quantize " + quantize in stages) == (quantize != "none")
     assert manifest["embedding_bytes"][model] == {"dtype": dtype, "bytes": manifest["embedding_bytes"]["fp32"]["bytes"] // ratio}
     ort.InferenceSession(str(out.parent / model), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("target", ["cpu", "web"])
+def test_fp16_keeps_sentence_pooling_in_fp32(tmp_path, tiny_sentence_encoder, search_corpus, target):
+    """fp16 converts the encoder, not the pooling after it: NORM_EPS (1e-12) is 0 in fp16, and a graph whose pooling
+    mixed fp16 states with fp32 constants did not load at all."""
+    out = tmp_path / "app" / "model.onnx"
+    result = run(ExportOptions(corpus=[str(search_corpus)], out=str(out), model=str(tiny_sentence_encoder), target=target,
+                               quantize="fp16"))
+    model_name = "model.onnx" if target == "cpu" else "onnx/model_fp16.onnx"
+    model = onnx.load(str(out.parent / model_name))
+    pooling = [node for node in model.graph.node if node.name.startswith(POOL_NODE_PREFIX)]
+    assert pooling and {node.op_type for node in pooling} >= {"ReduceSum", "ReduceL2", "Max", "Div"}
+    constants = {t.name: t for t in model.graph.initializer}
+    assert constants["pool/norm_eps"].data_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)  # the encoder is fp16
+    check = next(stage["check"] for stage in result.manifest["stages"] if stage["stage"] == "quantize fp16")
+    assert check["min_cosine"] >= 0.999
+    session = ort.InferenceSession(str(out.parent / model_name), providers=["CPUExecutionProvider"])
+    ids = np.asarray([[2, 40, 41, 42, 3]], dtype=np.int64)
+    vector = session.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})[0]
+    assert vector.dtype == np.float32 and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3
+
+
+def test_a_stage_whose_output_onnxruntime_cannot_load_is_a_one_line_error(tmp_path, tiny_bert, search_corpus, monkeypatch):
+    def broken_fp16(src: Path, dst: Path) -> Path:
+        # stands for a converter that writes a broken graph: a node reads a tensor nothing produces
+        model = onnx.load(str(src))
+        model.graph.node[-1].input[0] = "lost_in_conversion"
+        onnx.save(model, str(dst))
+        return dst
+
+    monkeypatch.setattr(quantize_module, "convert_fp16", broken_fp16)
+    out = tmp_path / "app" / "model.onnx"
+    with pytest.raises(VerificationError, match=r"^stage 'quantize fp16' failed: onnxruntime cannot load its output: ") as error:
+        run(ExportOptions(corpus=[str(search_corpus)], out=str(out), model=str(tiny_bert), target="cpu", quantize="fp16"))
+    assert "\n" not in str(error.value)
+    assert not out.parent.exists()
 
 
 def test_a_stage_that_misses_its_bound_fails_the_export_naming_it_and_writes_nothing(tmp_path, tiny_bert, search_corpus, monkeypatch):
