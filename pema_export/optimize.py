@@ -43,8 +43,16 @@ def optimize_onnx(src: Path, dst: Path, model_type: str, num_heads: int, hidden_
     if optimizer_type is None:
         dst.write_bytes(src.read_bytes())
         return OptimizeReport(False, None, {}, f"onnxruntime has no transformer fusions for model_type {model_type!r}")
+    import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
+    model = onnx.load(str(src))
+    pooling = detach_pooling(model)
+    if pooling is not None:
+        # the optimizer's symbolic shape inference fails on the appended pooling and then fuses no attention at all
+        # (all-MiniLM-L6-v2 as an encoder: BiasGelu and LayerNormalization only); fuse the encoder, then re-attach
+        src = dst.with_name(dst.stem + "-encoder.onnx")
+        onnx.save(model, str(src))
     # it warns, e.g., that our producer name is not "pytorch" (the model_type is given) or that a pruned
     # vocabulary is smaller than the position table: true, and no reason to alarm the user
     with quiet_onnxruntime_logs():
@@ -53,6 +61,37 @@ def optimize_onnx(src: Path, dst: Path, model_type: str, num_heads: int, hidden_
         )
         fused = {op: n for op, n in sorted(optimized.get_fused_operator_statistics().items()) if n}
     optimized.model.producer_name = "pema-export"
+    if pooling is not None:
+        attach_pooling(optimized.model, pooling)
+        src.unlink()
     # save_model_to_file also declares the com.microsoft opset the fused nodes need
     optimized.save_model_to_file(str(dst))
     return OptimizeReport(bool(fused), optimizer_type, fused, "" if fused else "no fusion pattern matched this graph")
+
+
+def detach_pooling(model) -> tuple[list, list, list] | None:
+    """Remove the sentence pooling (pooling.py) from ``model`` in place: (nodes, initializers, outputs), or None."""
+    from pema_export.pooling import POOL_NODE_PREFIX
+
+    nodes = [node for node in model.graph.node if node.name.startswith(POOL_NODE_PREFIX)]
+    if not nodes:
+        return None
+    produced = {name for node in nodes for name in node.output}
+    read = {name for node in nodes for name in node.input}
+    others_read = {name for node in model.graph.node if node not in nodes for name in node.input}
+    initializers = [t for t in model.graph.initializer if t.name in read and t.name not in others_read]
+    outputs = [o for o in model.graph.output if o.name in produced]
+    for node in nodes:
+        model.graph.node.remove(node)
+    for tensor in initializers:
+        model.graph.initializer.remove(tensor)
+    for output in outputs:
+        model.graph.output.remove(output)
+    return nodes, initializers, outputs
+
+
+def attach_pooling(model, pooling: tuple[list, list, list]) -> None:
+    nodes, initializers, outputs = pooling
+    model.graph.node.extend(nodes)
+    model.graph.initializer.extend(initializers)
+    model.graph.output.extend(outputs)

@@ -252,6 +252,18 @@ def test_fp16_keeps_sentence_pooling_in_fp32(tmp_path, tiny_sentence_encoder, se
     assert vector.dtype == np.float32 and abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3
 
 
+def test_a_sentence_encoder_is_fused_like_a_classifier(tmp_path, tiny_sentence_encoder, search_corpus):
+    """The appended pooling broke the optimizer's shape inference and, with it, every attention fusion."""
+    out = tmp_path / "app" / "model.onnx"
+    manifest = run(ExportOptions(corpus=[str(search_corpus)], out=str(out), model=str(tiny_sentence_encoder))).manifest
+    stages = {stage["stage"]: stage for stage in manifest["stages"]}
+    assert stages["optimize"]["fused"]["Attention"] == 2 and stages["optimize"]["fused"]["EmbedLayerNormalization"] == 1
+    assert stages["quantize int8"]["ops"]["QAttention"] == 2
+    graph = onnx.load(str(out)).graph
+    assert [o.name for o in graph.output] == ["last_hidden_state", "sentence_embedding"]
+    assert sum(node.name.startswith(POOL_NODE_PREFIX) for node in graph.node) == 10
+
+
 def test_a_stage_whose_output_onnxruntime_cannot_load_is_a_one_line_error(tmp_path, tiny_bert, search_corpus, monkeypatch):
     def broken_fp16(src: Path, dst: Path) -> Path:
         # stands for a converter that writes a broken graph: a node reads a tensor nothing produces
