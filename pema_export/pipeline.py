@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from pema_export import __version__
+from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
 from pema_export.errors import CorpusError
@@ -217,6 +218,8 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
             "versions": _versions(),
         }
         staged.write_manifest(manifest)
+        if options.max_bytes is not None:
+            _check_max_bytes(staged, options.max_bytes, scan.predicted_bytes)
         files = staged.commit()
     log(f"wrote {len(files)} files to {out.parent}")
     if options.save_full:
@@ -224,6 +227,17 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         save_full_model(partial.model, kept, source, Path(options.save_full))
         log(f"wrote the full-vocabulary checkpoint (trained rows merged into {source.name}) to {options.save_full}")
     return ExportResult(out_dir=out.parent, files=files, manifest=manifest)
+
+
+def _check_max_bytes(staged: StagedBundle, max_bytes: int, predicted: int | None) -> None:
+    """--max-bytes is a promise: a bundle over it is not written (the prediction chose the vocabulary, this checks it)."""
+    written = sum(staged.path(name).stat().st_size for name in staged.files())
+    if written > max_bytes:
+        over = written - max_bytes
+        raise BudgetError(
+            f"--max-bytes {max_bytes:,}: the bundle came to {written:,} bytes, {over:,} over (predicted "
+            f"{predicted:,}); nothing was written; rerun with --max-bytes {max_bytes - over:,} to fit"
+        )
 
 
 def _labels(seen: set[str]) -> list[str]:

@@ -130,7 +130,8 @@ def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, num_labels
         prediction = predict_sizes(source, tokenizer_json, kept, num_labels, target)
         if shipped_tokenizer is None:
             return prediction.total_bytes
-        return prediction.model_bytes + prediction.other_bytes + shipped_tokenizer + 4 * kept.original_size
+        tables = len(shipped_precisions(target)) * (4 * kept.original_size + REMAP_GRAPH_BYTES)  # one per model file
+        return prediction.model_bytes + prediction.other_bytes + shipped_tokenizer + tables
 
     return predict
 
@@ -205,22 +206,52 @@ class SizePrediction:
         return self.model_bytes + self.tokenizer_bytes + self.other_bytes
 
 
-# Bytes a bundle carries besides weights and tokenizer: config.json, tokenizer_config.json, the manifest
-# (measured: ~1.3 kB of configs and a 2-6 kB manifest, larger for targets whose stages it records).
-METADATA_BYTES = 6_000
-# Graph structure (node and value definitions) per transformer layer, measured on optimum's BERT exports.
-GRAPH_BYTES_PER_LAYER = 18_500
+# Bytes a bundle carries besides weights and tokenizer: config.json, tokenizer_config.json and the manifest; the
+# ORT formats add required_operators_and_types.config and the manifest's mobile section. Measured on MiniLM
+# bundles (classifier and sentence encoder): at most 6.5 kB for .onnx bundles, 17.4 kB for .ort ones.
+METADATA_BYTES = {"onnx": 6_600, "transformers.js": 6_600, "ort": 17_500}
+# Graph structure per transformer layer (nodes, names, quantization scales: everything in the model file that is
+# not a weight), by graph kind and number format, from the same bundles (file bytes minus predicted weight bytes,
+# over 6 layers; the larger of classifier and encoder). "fused": onnxruntime's transformer fusions applied.
+GRAPH_BYTES_PER_LAYER = {
+    ("onnx", "fused", "none"): 3_000,
+    ("onnx", "fused", "fp16"): 3_000,
+    ("onnx", "fused", "int8"): 8_500,
+    ("onnx", "plain", "none"): 18_500,
+    ("onnx", "plain", "fp16"): 18_500,
+    ("onnx", "plain", "int8"): 34_000,
+    ("ort", "plain", "none"): 30_000,
+    ("ort", "plain", "int8"): 41_500,
+}
+# The --oov remap table's two nodes (Gather, Cast) and names, besides its 4 bytes per original id.
+REMAP_GRAPH_BYTES = 300
+
+
+def graph_bytes_per_layer(target: Target, model_type: str, precision: str) -> int:
+    from pema_export.optimize import FUSION_MODEL_TYPES
+
+    file_format = "ort" if target.format == "ort" else "onnx"
+    kind = "fused" if target.optimize and model_type in FUSION_MODEL_TYPES else "plain"
+    # an ORT file from a fused graph is not measured: the plain one is the larger, so the prediction stays above
+    return GRAPH_BYTES_PER_LAYER.get((file_format, kind, precision)) or GRAPH_BYTES_PER_LAYER[(file_format, "plain", precision)]
+
+
+def shipped_precisions(target: Target) -> list[str]:
+    """One number format per shipped model file: the web layout ships the fp32 graph beside the quantized one."""
+    if target.format == "transformers.js" and target.quantize != "none":
+        return ["none", target.quantize]
+    return [target.quantize]
 
 
 def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, num_labels: int | None, target: Target) -> SizePrediction:
     """Predict the bundle's bytes from the architecture's parameter shapes (built on the meta device: no weights
-    are read) and the target's number format; the tokenizer is pruned for real, so its bytes are exact."""
+    are read), the target's number format and graph kind; the tokenizer is pruned for real, so its bytes are exact."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(source.path)
     config.vocab_size = kept.size
-    is_classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    is_classifier = num_labels is not None or any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
     with torch.device("meta"):
         if num_labels is not None:
             config.num_labels = num_labels
@@ -229,27 +260,33 @@ def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, nu
             model = AutoModelForSequenceClassification.from_config(config)
         else:
             model = AutoModel.from_config(config)
-    # the web layout ships the fp32 graph beside the quantized one (transformers.js picks by dtype)
-    formats = {target.quantize} | ({"none"} if target.format == "transformers.js" else set())
-    weight_bytes = sum(_weight_bytes(model, quantize) for quantize in formats)
-    layers = (getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 1)) * len(formats)
+    # an encoder is exported for its token states (and sentence pooling): the pooler's dense layer is not in the graph
+    skip = {id(p) for name, p in model.named_parameters() if name.startswith("pooler.")} if not is_classifier else set()
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 1)
+    model_bytes = sum(
+        _weight_bytes(model, precision, skip) + graph_bytes_per_layer(target, config.model_type, precision) * layers
+        for precision in shipped_precisions(target)
+    )
     tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
     return SizePrediction(
-        model_bytes=weight_bytes + GRAPH_BYTES_PER_LAYER * layers,
+        model_bytes=model_bytes,
         tokenizer_bytes=tokenizer_bytes,
-        other_bytes=METADATA_BYTES,
+        other_bytes=METADATA_BYTES.get(target.format, max(METADATA_BYTES.values())),
     )
 
 
-def _weight_bytes(model, quantize: str) -> int:
+def _weight_bytes(model, quantize: str, skip: set[int] = frozenset()) -> int:
     from torch import nn
 
-    # int8 quantizes the matrices of Linear layers (MatMul) and embeddings (Gather): one byte per weight plus
-    # a scale and zero point; everything else stays fp32.
-    quantized = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+    # int8 (quantize.py) stores Linear weights (MatMul) as int8 with a scale and zero point per output channel, and
+    # embedding tables (Gather) as uint8 with one scale and zero point; everything else stays fp32.
+    linear = {id(m.weight): m.weight.shape[0] for m in model.modules() if isinstance(m, nn.Linear)}
+    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     total = 0
-    for parameter in {id(p): p for p in model.parameters()}.values():
-        if quantize == "int8" and id(parameter) in quantized:
+    for parameter in {id(p): p for p in model.parameters() if id(p) not in skip}.values():
+        if quantize == "int8" and id(parameter) in linear:
+            total += parameter.numel() + 5 * linear[id(parameter)]
+        elif quantize == "int8" and id(parameter) in embedding:
             total += parameter.numel() + 5
         elif quantize == "fp16":
             total += parameter.numel() * 2

@@ -7,6 +7,7 @@ import json
 import random
 import shutil
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -80,6 +81,28 @@ def test_max_bytes_picks_the_largest_vocabulary_that_fits(tiny_bert, labelled_co
     assert set(budget.kept.kept_ids) >= set(np.flatnonzero(budget.counts.counts))  # every corpus token still fits
     with pytest.raises(BudgetError, match="below the smallest bundle"):
         scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", max_bytes=1000, target=target)
+
+
+def test_a_bundle_over_max_bytes_is_not_written(tiny_bert, labelled_corpus, tmp_path, monkeypatch):
+    """The prediction chooses the vocabulary; the written bundle is checked against --max-bytes all the same."""
+    from pema_export import scan as scan_module
+
+    source = resolve_model(str(tiny_bert))
+    tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
+    predict = bundle_bytes_predictor(source, tokenizer_json, 6, load_target("cpu"), "unk")
+    smallest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk").kept)
+    largest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"]).kept)
+    limit, under = (smallest + largest) // 2, (largest - smallest) // 4
+    real = scan_module.predict_sizes  # a prediction `under` bytes short, as a miscalibrated one would be
+    monkeypatch.setattr(scan_module, "predict_sizes", lambda *args: replace(real(*args), other_bytes=real(*args).other_bytes - under))
+    out = tmp_path / "app" / "model.onnx"
+    out.parent.mkdir()
+    out.write_bytes(b"the team's earlier bundle")
+    with pytest.raises(BudgetError, match=rf"^--max-bytes {limit:,}: the bundle came to [\d,]+ bytes, [\d,]+ over .*"
+                                          r"nothing was written; rerun with --max-bytes [\d,]+ to fit$"):
+        run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), target="cpu", oov="unk",
+                          prior_words=5000, prior_lang=["en"], max_bytes=limit, train=TrainOptions(epochs=1)))
+    assert [p.name for p in out.parent.iterdir()] == ["model.onnx"] and out.read_bytes() == b"the team's earlier bundle"
 
 
 def test_nearest_kept_table_maps_dropped_ids_to_the_closest_non_special_kept_row():

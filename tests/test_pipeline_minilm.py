@@ -105,7 +105,7 @@ def test_unlabelled_corpus_exports_sentence_embeddings_like_sentence_transformer
     assert np.abs(np.array(got) - want).max() < 1e-4
 
 
-def test_scan_predicts_the_bundle_within_two_percent(classifier_bundle, capsys):
+def test_scan_predicts_the_bundle_within_half_a_percent_and_never_below(classifier_bundle, capsys):
     from pema_export.cli import main
     from pema_export.size import bundle_report
 
@@ -114,7 +114,8 @@ def test_scan_predicts_the_bundle_within_two_percent(classifier_bundle, capsys):
     predicted = json.loads(capsys.readouterr().out)
     written = bundle_report(out.parent).total_bytes
     assert predicted["vocab"]["kept"] == manifest["vocab"]["kept"]
-    assert abs(predicted["predicted_bytes"]["total"] - written) / written < 0.02
+    # --max-bytes chooses the vocabulary from this prediction: it must not come out below the bundle
+    assert 0 <= (predicted["predicted_bytes"]["total"] - written) / written < 0.005
 
 
 def test_sample_classifier_bundle_did_not_grow(classifier_bundle):

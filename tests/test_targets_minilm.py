@@ -144,6 +144,18 @@ def test_the_trained_model_passes_every_stage_and_the_shipped_file_answers_as_re
     assert not (out.parent / MANIFEST_NAME).exists()  # ship() stages model files; the pipeline writes the manifest
 
 
+def test_scan_predicts_the_web_bundle_within_half_a_percent_and_never_below(web_bundle, capsys):
+    from pema_export.cli import main
+    from pema_export.size import bundle_report
+
+    bundle, manifest = web_bundle
+    assert main(["scan", "--corpus", str(CORPUS), "--target", "web", "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    written = bundle_report(bundle).total_bytes
+    assert predicted["vocab"]["kept"] == manifest["vocab"]["kept"]
+    assert 0 <= (predicted["predicted_bytes"]["total"] - written) / written < 0.005
+
+
 def test_sample_web_bundle_did_not_grow(web_bundle):
     from conftest import check_size_baseline
 
