@@ -39,6 +39,7 @@ from pema_export.oov import (
     oov_dropout,
     pretrained_embedding,
     IdRemap,
+    full_vocabulary_vectors,
     shipped_config,
 )
 from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, onnx_reference, torch_reference
@@ -173,8 +174,15 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 "outputs on original ids identical to the pruned model's")
         heldout = None
         if eval_paths:
-            heldout = _held_out(staged, target, out, eval_paths, labels, kept, remap, tokenizer_json, options.max_length)
-            log(f"held-out ({heldout['file']}): UNK rate {heldout['unk_rate']}, accuracy of {heldout['model']} {heldout['accuracy']}")
+            encoder = labels is None and partial.task != "fill-mask"
+            full_vectors = None
+            if encoder:
+                log("held-out: sentence vectors of the original full-vocabulary model, to compare the bundle with")
+                full_vectors = full_vocabulary_vectors(source, [e.text for e in read_corpus(eval_paths)], options.max_length)
+            heldout = _held_out(staged, target, out, eval_paths, labels, kept, remap, tokenizer_json, options.max_length, full_vectors)
+            figure = (f"cosine to the full model {heldout['cosine_to_full']['mean']:.4f} (mean), nearest-neighbour agreement "
+                      f"{heldout['nearest_neighbour_agreement']:.3f}" if encoder else f"accuracy {heldout['accuracy']}")
+            log(f"held-out ({heldout['file']}): UNK rate {heldout['unk_rate']}, {heldout['model']}: {figure}")
         manifest = {
             "pema_export": __version__,
             "model": {"source": source.name, "architecture": type(partial.model).__name__, "task": partial.task},
@@ -247,8 +255,10 @@ def _labels(seen: set[str]) -> list[str]:
     return labels
 
 
-def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, remap, tokenizer_json: dict, max_length: int) -> dict:
-    """UNK rate and accuracy of the shipped model with the shipped tokenizer on the --eval texts, one text at a time."""
+def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, remap, tokenizer_json: dict, max_length: int,
+              full_vectors=None) -> dict:
+    """UNK rate and accuracy (classifier) or closeness to the full model (encoder) of the shipped model with the
+    shipped tokenizer on the --eval texts, one text at a time."""
     examples = load_examples(eval_paths)
     tokenizer = open_tokenizer(staged.path("tokenizer.json"))
     tokenizer.enable_truncation(max_length)
@@ -263,6 +273,7 @@ def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, re
         [label_ids[e.label] for e in examples] if label_ids else None,
         unk_id=unk_shipped,
         dropped_ids=(kept.id_map < 0) if remap else None,
+        full_vectors=full_vectors,
     )
     return report.as_manifest(eval_paths[0].name, model_name)
 

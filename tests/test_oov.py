@@ -248,6 +248,44 @@ def test_the_manifest_records_held_out_figures_of_the_shipped_model(remap_bundle
     assert 0 <= heldout["accuracy"] <= 1 and heldout["remapped_rate"] > 0 and heldout["unk_rate"] is not None
 
 
+def test_an_encoder_is_held_to_the_full_vocabulary_model_on_held_out_text(tiny_sentence_encoder, heldout_file, tmp_path):
+    """--eval on an encoder: each held-out text's sentence vector from the shipped model, against the original
+    model's (every row, its own tokenizer). Keeping every token gives the original back; pruning does not."""
+    import torch
+    from transformers import AutoModel
+
+    corpus = tmp_path / "queries.txt"
+    corpus.write_text("\n".join(line.split("\t", 1)[1] for line in (SAMPLES / "app_texts.txt").read_text(encoding="utf-8").splitlines()[:60]) + "\n")
+    everything = tmp_path / "all-tokens.txt"
+    vocab = open_tokenizer(tiny_sentence_encoder / "tokenizer.json").get_vocab()
+    everything.write_text("\n".join(sorted(vocab, key=vocab.get)) + "\n", encoding="utf-8")
+
+    def heldout(name: str, **options) -> dict:
+        out = tmp_path / name / "model.onnx"
+        return run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_sentence_encoder), quantize="none",
+                                 eval_file=str(heldout_file), **options)).manifest["heldout"]
+
+    full, pruned = heldout("full", keep_tokens=str(everything)), heldout("pruned", oov="unk")
+    assert full["cosine_to_full"]["min"] > 0.9999 and full["nearest_neighbour_agreement"] == 1.0
+    assert pruned["cosine_to_full"]["mean"] < 0.999 and pruned["unk_rate"] > full["unk_rate"]
+    assert pruned["accuracy"] is None and pruned["texts"] == 40
+    # the same figure, recomputed here: the pruned bundle's tokenizer and model against the original in torch
+    tokenizer = open_tokenizer(tmp_path / "pruned" / "tokenizer.json")
+    original_tokenizer = open_tokenizer(tiny_sentence_encoder / "tokenizer.json")
+    session = ort.InferenceSession(str(tmp_path / "pruned" / "model.onnx"), providers=["CPUExecutionProvider"])
+    original = AutoModel.from_pretrained(tiny_sentence_encoder).eval()
+    cosines = []
+    for line in heldout_file.read_text(encoding="utf-8").splitlines():
+        text = line.split("\t", 1)[1]
+        ids = np.asarray([tokenizer.encode(text).ids], dtype=np.int64)
+        got = session.run(["sentence_embedding"], {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})[0][0]
+        with torch.no_grad():
+            want = original(input_ids=torch.tensor([original_tokenizer.encode(text).ids])).last_hidden_state[0].mean(0).numpy()
+        cosines.append(float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)))
+    assert pruned["cosine_to_full"]["mean"] == pytest.approx(np.mean(cosines), abs=1e-5)
+    assert pruned["cosine_to_full"]["min"] == pytest.approx(min(cosines), abs=1e-5)
+
+
 def test_oov_dropout_changes_training_and_stays_deterministic(tiny_bert, labelled_corpus, tmp_path):
     def export(name: str, dropout: float) -> bytes:
         out = tmp_path / name / "model.onnx"
