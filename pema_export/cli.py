@@ -34,7 +34,8 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--oov", choices=OOV_POLICIES, default=DEFAULT_OOV,
                         help="text the corpus never had: 'fallback' keeps every single-character piece so unseen words "
                         "degrade to known characters; 'unk' keeps only what the corpus uses; 'remap' ships the original "
-                        "tokenizer and runs each dropped token as its nearest kept token (a table in the graph) "
+                        "tokenizer and runs each dropped token as its nearest kept token (a table in the graph); "
+                        "'auto' takes remap unless its bundle would be over 2%% larger than fallback's "
                         f"(default {DEFAULT_OOV}; see docs/oov.md for the measurement)")
     parser.add_argument("--max-vocab", type=int, metavar="N", help="keep at most N tokens: special, --keep-tokens and "
                         "--oov pieces, then corpus tokens, then --prior-words tokens, by expected benefit")
@@ -233,7 +234,7 @@ def run_scan(argv: Sequence[str]) -> int:
                            max_bytes=parse_size(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None, target=target)
     labelled = scan.summary.labelled == scan.summary.texts
     prediction = predict_sizes(source, tokenizer_json, scan.kept, len(scan.summary.labels) if labelled else None, target)
-    if args.oov == "remap":  # the original tokenizer and the id table ship instead of a pruned tokenizer
+    if scan.oov == "remap":  # the original tokenizer and the id table ship instead of a pruned tokenizer
         total = bundle_bytes_predictor(source, tokenizer_json, len(scan.summary.labels) if labelled else None, target, "remap")(scan.kept)
         prediction = replace(prediction, tokenizer_bytes=total - prediction.model_bytes - prediction.other_bytes)
     kept, original = scan.kept.size, scan.kept.original_size
@@ -242,20 +243,22 @@ def run_scan(argv: Sequence[str]) -> int:
         "target": target.name,
         "texts": scan.counts.texts,
         "tokens": scan.counts.tokens,
-        "vocab": {"original": original, "kept": kept, "corpus_used": scan.counts.used_ids},
+        "vocab": {"original": original, "kept": kept, "corpus_used": scan.counts.used_ids, "oov": scan.oov,
+                  "oov_choice": scan.oov_choice},
         "predicted_bytes": {"model": prediction.model_bytes, "tokenizer": prediction.tokenizer_bytes,
                             "total": prediction.total_bytes},
     }
     if heldout_paths:
         # a remap bundle ships the original tokenizer: its unseen pieces run as neighbours, never as UNK
-        shipped = tokenizer_json if args.oov == "remap" else prune_tokenizer(tokenizer_json, scan.kept.kept_ids)
+        shipped = tokenizer_json if scan.oov == "remap" else prune_tokenizer(tokenizer_json, scan.kept.kept_ids)
         result["heldout_unk_rate"] = unk_rate(shipped, heldout_paths)
         result["heldout_unk_rate_full_vocab"] = unk_rate(tokenizer_json, heldout_paths)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"corpus      {scan.counts.texts:,} texts, {scan.counts.tokens:,} tokens, {scan.counts.used_ids:,} distinct ids")
-    print(f"vocab       {kept:,} of {original:,} tokens kept ({kept / original:.1%})")
+    print(f"vocab       {kept:,} of {original:,} tokens kept ({kept / original:.1%}), --oov {scan.oov}"
+          + (f" (auto: {scan.oov_choice['reason']})" if scan.oov_choice else ""))
     if result.get("heldout_unk_rate") is not None:
         print(f"held-out    UNK rate {result['heldout_unk_rate']:.2%} of tokens "
               f"(full vocabulary: {result['heldout_unk_rate_full_vocab']:.2%})")

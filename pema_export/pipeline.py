@@ -109,11 +109,14 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         prior_lang=options.prior_lang,
         max_bytes=options.max_bytes,
         target=target,
+        allow_remap=options.task != "fill-mask",
     )
-    counts, kept, keep_ids, summary = scan.counts, scan.kept, scan.keep_ids, scan.summary
+    counts, kept, keep_ids, summary, oov = scan.counts, scan.kept, scan.keep_ids, scan.summary, scan.oov
+    if scan.oov_choice:
+        log(f"--oov auto: {oov} ({scan.oov_choice['reason']})")
     log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
     remap = None
-    if options.oov == "remap":
+    if oov == "remap":
         remap = nearest_kept_table(pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
         log(f"--oov remap: {remap.remapped_ids:,} dropped ids run as their nearest kept token")
 
@@ -193,7 +196,8 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 "kept": kept.size,
                 "corpus_used": counts.used_ids,
                 "min_count": options.min_count,
-                "oov": options.oov,
+                "oov": oov,
+                "oov_choice": scan.oov_choice,
                 "max_vocab": scan.max_vocab,
                 "max_bytes": options.max_bytes,
                 "predicted_bytes": scan.predicted_bytes,

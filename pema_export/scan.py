@@ -48,6 +48,8 @@ class VocabScan:
     detected_languages: dict[str, float] | None = None  # when --prior-lang was not given
     max_vocab: int | None = None  # the cap applied: --max-vocab, or the one --max-bytes chose
     predicted_bytes: int | None = None  # with --max-bytes: the predicted bundle bytes of the chosen vocabulary
+    oov: str = DEFAULT_OOV  # the policy applied: --oov as given, or what "auto" resolved to
+    oov_choice: dict | None = None  # under --oov auto: the predicted bytes of each candidate and the reason
 
     def coverage(self, points: int = COVERAGE_POINTS) -> list[list[float]]:
         """[vocabulary size, share of corpus tokens covered] keeping the most frequent tokens first."""
@@ -72,6 +74,7 @@ def scan_vocabulary(
     prior_lang: list[str] | None = None,
     max_bytes: int | None = None,
     target: Target | None = None,
+    allow_remap: bool = True,
 ) -> VocabScan:
     """Stream the corpus once: count token ids, note labels, keep a seeded sample; then choose the kept ids.
 
@@ -92,7 +95,7 @@ def scan_vocabulary(
             languages = list(detected)
         prior = oov_prior_words(tokenizer, languages, prior_words, len(counts.counts))
 
-    def choose(cap: int | None) -> KeptVocab:
+    def choose(cap: int | None, policy: str | None = None) -> KeptVocab:
         return choose_kept_ids(
             counts,
             special_token_ids(tokenizer_json, config),
@@ -100,10 +103,22 @@ def scan_vocabulary(
             keep_ids=keep_ids,
             min_count=min_count,
             original_size=config.get("vocab_size"),
-            policy_ids=oov_token_ids(tokenizer_json, oov),
+            policy_ids=oov_token_ids(tokenizer_json, policy or oov),
             closure=token_closure(tokenizer_json),
             max_vocab=cap,
             prior_share=None if prior is None else prior.token_share,
+        )
+
+    oov_choice = None
+    if oov == "auto":
+        if target is None:
+            raise ValueError("--oov auto needs the target whose bundle it weighs")
+        labelled = bool(summary.labels) and summary.labelled == summary.texts
+        num_labels = len(summary.labels) if labelled else None
+        oov, oov_choice = resolve_auto_oov(
+            {policy: bundle_bytes_predictor(source, tokenizer_json, num_labels, target, policy)(choose(max_vocab, policy))
+             for policy in AUTO_CANDIDATES},
+            remap_allowed=bool(allow_remap),
         )
 
     predicted = None
@@ -116,7 +131,28 @@ def scan_vocabulary(
         )
     kept = choose(max_vocab)
     return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, prior=prior,
-                     detected_languages=detected, max_vocab=max_vocab, predicted_bytes=predicted)
+                     detected_languages=detected, max_vocab=max_vocab, predicted_bytes=predicted, oov=oov, oov_choice=oov_choice)
+
+
+# --oov auto weighs these against each other, by the bundle bytes each would make for this model and target.
+AUTO_CANDIDATES = ("remap", "fallback")
+# remap is chosen when its bundle is at most this much larger than fallback's (docs/oov.md: at equal bytes it kept
+# more held-out accuracy and sentence-vector fidelity); beyond it, the original tokenizer and the id table cost more
+# than they buy (a 250k-vocabulary tokenizer.json alone is ~17 MB).
+AUTO_REMAP_MAX_GROWTH = 0.02
+
+
+def resolve_auto_oov(predicted: dict[str, int], remap_allowed: bool = True) -> tuple[str, dict]:
+    """(policy, record for the manifest) from each candidate's predicted bundle bytes."""
+    growth = predicted["remap"] / predicted["fallback"] - 1
+    if not remap_allowed:
+        policy, reason = "fallback", "remap is not available for this task (fill-mask logits are over the kept rows)"
+    elif predicted["remap"] <= predicted["fallback"] * (1 + AUTO_REMAP_MAX_GROWTH) + 1e-6:
+        policy, reason = "remap", f"remap's bundle is {growth:+.1%} against fallback's (at most {AUTO_REMAP_MAX_GROWTH:+.0%})"
+    else:
+        policy, reason = "fallback", (f"remap's bundle would be {growth:+.1%} against fallback's (more than "
+                                      f"{AUTO_REMAP_MAX_GROWTH:+.0%}: the original tokenizer and id table cost too much)")
+    return policy, {"requested": "auto", "chosen": policy, "reason": reason, "predicted_bytes": dict(predicted)}
 
 
 def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):

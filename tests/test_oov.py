@@ -105,6 +105,32 @@ def test_a_bundle_over_max_bytes_is_not_written(tiny_bert, labelled_corpus, tmp_
     assert [p.name for p in out.parent.iterdir()] == ["model.onnx"] and out.read_bytes() == b"the team's earlier bundle"
 
 
+def test_auto_takes_remap_unless_its_bundle_grows_more_than_two_percent():
+    from pema_export.scan import resolve_auto_oov
+
+    assert resolve_auto_oov({"remap": 102, "fallback": 100})[0] == "remap"
+    policy, record = resolve_auto_oov({"remap": 103, "fallback": 100})
+    assert policy == "fallback" and "+3.0%" in record["reason"] and record["predicted_bytes"] == {"remap": 103, "fallback": 100}
+    assert resolve_auto_oov({"remap": 90, "fallback": 100}, remap_allowed=False)[0] == "fallback"
+
+
+def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny_bert, labelled_corpus):
+    """MiniLM (30k vocabulary, 711 kB tokenizer.json): remap costs +0.2% on the int8 cpu bundle and saves on the
+    web one (fp32 rows are 4x dearer). A model whose tokenizer outweighs its layers: remap would cost too much."""
+    minilm = resolve_model(None)
+    corpus = SAMPLES / "app_texts.txt"
+    for target in ("cpu", "web"):
+        scan = scan_vocabulary(minilm, minilm_tokenizer_json, [corpus], oov="auto", target=load_target(target))
+        assert scan.oov == "remap" and scan.oov_choice["chosen"] == "remap"
+        predicted = scan.oov_choice["predicted_bytes"]
+        assert predicted["remap"] <= 1.02 * predicted["fallback"]
+        assert scan.kept.size == scan_vocabulary(minilm, minilm_tokenizer_json, [corpus], oov="remap").kept.size
+    tiny = resolve_model(str(tiny_bert))
+    tiny_json = json.loads(tiny.tokenizer_json.read_text(encoding="utf-8"))
+    scan = scan_vocabulary(tiny, tiny_json, [labelled_corpus], oov="auto", target=load_target("cpu"))
+    assert scan.oov == "fallback" and scan.oov_choice["predicted_bytes"]["remap"] > 1.02 * scan.oov_choice["predicted_bytes"]["fallback"]
+
+
 def test_nearest_kept_table_maps_dropped_ids_to_the_closest_non_special_kept_row():
     rng = np.random.default_rng(0)
     embedding = rng.normal(size=(40, 8)).astype(np.float32)
