@@ -8,7 +8,7 @@ import sys
 from typing import Callable, Sequence
 
 from pema_export.errors import PemaError
-from pema_export.vocab import DEFAULT_OOV, OOV_POLICIES
+from pema_export.vocab import DEFAULT_OOV, OOV_CHOICES
 
 EXIT_USAGE = 2
 
@@ -31,7 +31,7 @@ def export_parser() -> argparse.ArgumentParser:
                         "int8/fp16 must agree with fp32 on >= 99%% of corpus texts (docs/targets.md)")
     parser.add_argument("--keep-tokens", metavar="FILE", help="tokens or texts (one per line) whose tokens must be kept")
     parser.add_argument("--min-count", type=int, default=1, help="keep tokens used at least this often (default 1)")
-    parser.add_argument("--oov", choices=OOV_POLICIES, default=DEFAULT_OOV,
+    parser.add_argument("--oov", choices=OOV_CHOICES, default=DEFAULT_OOV,
                         help="text the corpus never had: 'fallback' keeps every single-character piece so unseen words "
                         "degrade to known characters; 'unk' keeps only what the corpus uses; 'remap' ships the original "
                         "tokenizer and runs each dropped token as its nearest kept token (a table in the graph); "
@@ -204,7 +204,7 @@ def run_scan(argv: Sequence[str]) -> int:
     from pema_export.budget import parse_size
     from pema_export.scan import bundle_bytes_predictor, predict_sizes, scan_vocabulary, unk_rate
     from pema_export.tokenizers import check_supported, prune_tokenizer
-    from pema_export.vocab import DEFAULT_OOV, OOV_POLICIES
+    from pema_export.vocab import DEFAULT_OOV, OOV_CHOICES
 
     parser = argparse.ArgumentParser(prog="pema-export scan", description="Tokenize the corpus only (no training) "
                                      "and predict the kept vocabulary and the bundle's bytes for a target.")
@@ -215,7 +215,7 @@ def run_scan(argv: Sequence[str]) -> int:
     parser.add_argument("--heldout", metavar="FILE", help="texts the corpus does not contain: report their UNK rate")
     parser.add_argument("--keep-tokens", metavar="FILE")
     parser.add_argument("--min-count", type=int, default=1)
-    parser.add_argument("--oov", choices=OOV_POLICIES, default=DEFAULT_OOV)
+    parser.add_argument("--oov", choices=OOV_CHOICES, default=DEFAULT_OOV)
     parser.add_argument("--max-vocab", type=int)
     parser.add_argument("--max-bytes", metavar="SIZE", help="as for the export")
     parser.add_argument("--prior-words", type=int, metavar="N", help="as for the export")

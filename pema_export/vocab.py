@@ -27,7 +27,9 @@ from pema_export.corpus import batched
 from pema_export.errors import CorpusError, TokenizerError
 from pema_export.tokenizers import family_module
 
-OOV_POLICIES = ("auto", "fallback", "unk", "remap")
+OOV_POLICIES = ("fallback", "unk", "remap")
+# what --oov takes: a policy, or "auto", which scan.scan_vocabulary resolves to one for the model and target
+OOV_CHOICES = ("auto", *OOV_POLICIES)
 # Chosen from benchmarks/oov_policy.py on the sample corpus and held-out set (table in docs/tokenizers.md).
 DEFAULT_OOV = "fallback"
 
@@ -164,7 +166,7 @@ def oov_token_ids(tokenizer_json: dict, oov: str) -> set[int]:
     """Ids kept whatever the corpus says: what the family needs for any text to encode (byte-level BPE's byte
     symbols, Unigram's lowest-scored piece) and, under ``oov="fallback"``, every single-character piece.
     ``remap`` needs nothing more: the original tokenizer ships, so no text has to encode with kept pieces alone."""
-    if oov not in OOV_POLICIES or oov == "auto":  # "auto" is resolved to a policy by scan.scan_vocabulary
+    if oov not in OOV_POLICIES:
         raise TokenizerError(f"--oov {oov!r} is not a policy (choose from: {', '.join(OOV_POLICIES)})")
     family = family_module(tokenizer_json)
     return family.fallback_ids(tokenizer_json) if oov == "fallback" else family.required_ids(tokenizer_json)
