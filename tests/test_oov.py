@@ -131,6 +131,19 @@ def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny
     assert scan.oov == "fallback" and scan.oov_choice["predicted_bytes"]["remap"] > 1.02 * scan.oov_choice["predicted_bytes"]["fallback"]
 
 
+def test_the_manifest_and_scan_say_what_auto_chose_and_why(tiny_bert, labelled_corpus, tmp_path):
+    out = tmp_path / "app" / "model.onnx"
+    manifest = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), oov="auto",
+                                 train=TrainOptions(epochs=1))).manifest
+    choice = manifest["vocab"]["oov_choice"]
+    assert manifest["vocab"]["oov"] == choice["chosen"] == "fallback" and choice["requested"] == "auto"
+    assert "original tokenizer and id table cost too much" in choice["reason"]
+    assert json.loads((out.parent / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"].keys() != \
+        json.loads((tiny_bert / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"].keys()  # pruned, not the original
+    done = run_cli("scan", "--corpus", labelled_corpus, "--model", tiny_bert, "--oov", "auto")
+    assert done.returncode == 0 and "--oov fallback (auto: remap's bundle would be +" in done.stdout
+
+
 def test_nearest_kept_table_maps_dropped_ids_to_the_closest_non_special_kept_row():
     rng = np.random.default_rng(0)
     embedding = rng.normal(size=(40, 8)).astype(np.float32)
