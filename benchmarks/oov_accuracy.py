@@ -45,6 +45,7 @@ ROWS: dict[str, dict] = {
     "remap+prior20k": {"oov": "remap", "prior_words": 20000},
     "remap+prior20k+dropout": {"oov": "remap", "prior_words": 20000, "oov_dropout": 0.1},
     "remap+prior20k+budget0.70": {"oov": "remap", "prior_words": 20000, "budget": BUDGET_SHARE},
+    "unk+prior20k+dropout+budget0.70": {"oov": "unk", "prior_words": 20000, "oov_dropout": 0.1, "budget": BUDGET_SHARE},
 }
 
 

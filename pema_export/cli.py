@@ -35,7 +35,8 @@ def export_parser() -> argparse.ArgumentParser:
                         help="text the corpus never had: 'fallback' keeps every single-character piece so unseen words "
                         "degrade to known characters; 'unk' keeps only what the corpus uses; 'remap' ships the original "
                         "tokenizer and runs each dropped token as its nearest kept token (a table in the graph); "
-                        "'auto' takes remap unless its bundle would be over 2%% larger than fallback's "
+                        "'auto': for a labelled corpus unk with --oov-dropout 0.1, otherwise remap unless its bundle "
+                        "would be over 2%% larger than fallback's "
                         f"(default {DEFAULT_OOV}; see docs/oov.md for the measurement)")
     parser.add_argument("--max-vocab", type=int, metavar="N", help="keep at most N tokens: special, --keep-tokens and "
                         "--oov pieces, then corpus tokens, then --prior-words tokens, by expected benefit")
@@ -44,8 +45,9 @@ def export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prior-words", type=int, metavar="N", help="also keep the tokens of the N most frequent words "
                         "of the corpus's language(s) (wordfreq lists, offline)")
     parser.add_argument("--prior-lang", metavar="LANG[,LANG]", help="languages for --prior-words (default: detected)")
-    parser.add_argument("--oov-dropout", type=float, default=0.0, metavar="P", help="in training, replace a share P of "
-                        "corpus words by what an unseen word becomes (UNK, or the nearest kept token under --oov remap)")
+    parser.add_argument("--oov-dropout", type=float, metavar="P", help="in training, replace a share P of corpus words "
+                        "by what an unseen word becomes (UNK, or the nearest kept token under --oov remap); default: "
+                        "0.1 when --oov auto chooses unk for a labelled corpus, else 0")
     parser.add_argument("--task", choices=["fill-mask"], help="export the masked-LM head (logits over the kept "
                         "vocabulary) instead of a classifier/feature extractor")
     parser.add_argument("--eval", dest="eval_file", metavar="FILE", help="held-out texts the corpus does not contain: labelled for a classifier (accuracy of the "
@@ -141,7 +143,7 @@ def _check_ranges(args) -> None:
         raise Bad("--eval-split must be between 0 and 1")
     if args.lr <= 0:
         raise Bad("--lr must be positive")
-    if not 0 <= args.oov_dropout < 1:
+    if args.oov_dropout is not None and not 0 <= args.oov_dropout < 1:
         raise Bad("--oov-dropout must be at least 0 and below 1")
 
 

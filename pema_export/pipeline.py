@@ -132,7 +132,8 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     )
     training = None
     if labelled:
-        dropout = oov_dropout(options.train.oov_dropout, kept, remap, unk_token_id(tokenizer_json))
+        rate = scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
+        dropout = oov_dropout(rate, kept, remap, unk_token_id(tokenizer_json))
         training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log, dropout)
 
     # 4-7. Rewrite the tokenizer, export, verify, and only then move the bundle into place.
@@ -319,7 +320,7 @@ def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, 
         "batch_size": options.train.batch_size,
         "max_length": options.max_length,
         "seed": options.train.seed,
-        "oov_dropout": options.train.oov_dropout,
+        "oov_dropout": dropout.rate if dropout else 0.0,
         "oov_dropout_substitute": dropout.substitute_name if dropout else None,
         "labels": labels,
     }

@@ -27,7 +27,9 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     progress: bool = False
-    oov_dropout: float = 0.0  # share of corpus words replaced by what an unseen word becomes (docs/oov.md)
+    # share of corpus words replaced by what an unseen word becomes (docs/oov.md); None: what the --oov policy
+    # brings (0.1 under --oov auto for a labelled corpus, else 0)
+    oov_dropout: float | None = None
 
 
 @dataclass(frozen=True)

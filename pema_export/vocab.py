@@ -30,8 +30,8 @@ from pema_export.tokenizers import family_module
 OOV_POLICIES = ("fallback", "unk", "remap")
 # what --oov takes: a policy, or "auto", which scan.scan_vocabulary resolves to one for the model and target
 OOV_CHOICES = ("auto", *OOV_POLICIES)
-# Chosen from benchmarks/oov_policy.py on the sample corpus and held-out set (table in docs/tokenizers.md).
-DEFAULT_OOV = "fallback"
+# Resolved per corpus, model and target by scan.scan_vocabulary (the evidence: docs/oov.md, benchmarks/oov_accuracy.py).
+DEFAULT_OOV = "auto"
 
 # config.json fields that hold token ids; each must survive pruning and be renumbered.
 CONFIG_ID_FIELDS = (

@@ -114,34 +114,40 @@ def test_auto_takes_remap_unless_its_bundle_grows_more_than_two_percent():
     assert resolve_auto_oov({"remap": 90, "fallback": 100}, remap_allowed=False)[0] == "fallback"
 
 
-def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny_bert, labelled_corpus):
-    """MiniLM (30k vocabulary, 711 kB tokenizer.json): remap costs +0.2% on the int8 cpu bundle and saves on the
-    web one (fp32 rows are 4x dearer). A model whose tokenizer outweighs its layers: remap would cost too much."""
+def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny_bert, labelled_corpus, tmp_path):
+    """An encoder (no labels): MiniLM (30k vocabulary, 711 kB tokenizer.json) gets remap, +0.2% on the int8 cpu
+    bundle and a saving on the web one (fp32 rows are 4x dearer); a model whose tokenizer outweighs its layers gets
+    fallback. A labelled corpus gets unk with word dropout, whatever the sizes."""
     minilm = resolve_model(None)
-    corpus = SAMPLES / "app_texts.txt"
+    queries = SAMPLES / "search_texts.txt"
     for target in ("cpu", "web"):
-        scan = scan_vocabulary(minilm, minilm_tokenizer_json, [corpus], oov="auto", target=load_target(target))
-        assert scan.oov == "remap" and scan.oov_choice["chosen"] == "remap"
+        scan = scan_vocabulary(minilm, minilm_tokenizer_json, [queries], oov="auto", target=load_target(target))
+        assert scan.oov == "remap" and scan.oov_choice["chosen"] == "remap" and scan.oov_dropout == 0.0
         predicted = scan.oov_choice["predicted_bytes"]
         assert predicted["remap"] <= 1.02 * predicted["fallback"]
-        assert scan.kept.size == scan_vocabulary(minilm, minilm_tokenizer_json, [corpus], oov="remap").kept.size
+        assert scan.kept.size == scan_vocabulary(minilm, minilm_tokenizer_json, [queries], oov="remap").kept.size
+    labelled = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "app_texts.txt"], oov="auto", target=load_target("cpu"))
+    assert (labelled.oov, labelled.oov_dropout) == ("unk", 0.1) and "a labelled corpus" in labelled.oov_choice["reason"]
     tiny = resolve_model(str(tiny_bert))
     tiny_json = json.loads(tiny.tokenizer_json.read_text(encoding="utf-8"))
-    scan = scan_vocabulary(tiny, tiny_json, [labelled_corpus], oov="auto", target=load_target("cpu"))
+    unlabelled = tmp_path / "texts.txt"
+    unlabelled.write_text("\n".join(line.split("\t", 1)[1] for line in labelled_corpus.read_text(encoding="utf-8").splitlines()) + "\n")
+    scan = scan_vocabulary(tiny, tiny_json, [unlabelled], oov="auto", target=load_target("cpu"))
     assert scan.oov == "fallback" and scan.oov_choice["predicted_bytes"]["remap"] > 1.02 * scan.oov_choice["predicted_bytes"]["fallback"]
 
 
-def test_the_manifest_and_scan_say_what_auto_chose_and_why(tiny_bert, labelled_corpus, tmp_path):
+def test_the_default_is_auto_and_the_manifest_and_scan_say_what_it_chose(tiny_bert, labelled_corpus, tmp_path):
     out = tmp_path / "app" / "model.onnx"
-    manifest = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), oov="auto",
-                                 train=TrainOptions(epochs=1))).manifest
+    manifest = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), train=TrainOptions(epochs=1))).manifest
     choice = manifest["vocab"]["oov_choice"]
-    assert manifest["vocab"]["oov"] == choice["chosen"] == "fallback" and choice["requested"] == "auto"
-    assert "original tokenizer and id table cost too much" in choice["reason"]
-    assert json.loads((out.parent / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"].keys() != \
-        json.loads((tiny_bert / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"].keys()  # pruned, not the original
-    done = run_cli("scan", "--corpus", labelled_corpus, "--model", tiny_bert, "--oov", "auto")
-    assert done.returncode == 0 and "--oov fallback (auto: remap's bundle would be +" in done.stdout
+    assert manifest["vocab"]["oov"] == choice["chosen"] == "unk" and choice["requested"] == "auto"
+    assert manifest["training"]["oov_dropout"] == choice["oov_dropout"] == 0.1 and manifest["training"]["oov_dropout_substitute"] == "UNK"
+    assert manifest["vocab"]["kept"] == json.loads((out.parent / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    explicit = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "b" / "model.onnx"), model=str(tiny_bert),
+                                 train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest
+    assert explicit["vocab"]["oov"] == "unk" and explicit["training"]["oov_dropout"] == 0.0  # a given rate wins
+    done = run_cli("scan", "--corpus", labelled_corpus, "--model", tiny_bert)
+    assert done.returncode == 0 and "--oov unk (auto: a labelled corpus" in done.stdout
 
 
 def test_nearest_kept_table_maps_dropped_ids_to_the_closest_non_special_kept_row():

@@ -37,9 +37,12 @@ OUTPUT = "sentence_embedding"
 
 @pytest.fixture(scope="module")
 def web_bundle(tmp_path_factory) -> tuple[Path, dict]:
-    """MiniLM pruned to the search texts, pooled and normalised like sentence-transformers, for the web target."""
+    """MiniLM pruned to the search texts, pooled and normalised like sentence-transformers, for the web target.
+
+    --oov fallback, not the default (auto takes remap for this encoder): the tests below run this fp32 graph through
+    the other targets' stages, which take the plain exported graph; remap bundles are tested in test_oov.py."""
     out = tmp_path_factory.mktemp("minilm-web") / "search-encoder" / "model.onnx"
-    result = run(ExportOptions(corpus=[str(CORPUS)], out=str(out), target="web"))
+    result = run(ExportOptions(corpus=[str(CORPUS)], out=str(out), target="web", oov="fallback"))
     return out.parent, result.manifest
 
 
@@ -149,7 +152,7 @@ def test_scan_predicts_the_web_bundle_within_half_a_percent_and_never_below(web_
     from pema_export.size import bundle_report
 
     bundle, manifest = web_bundle
-    assert main(["scan", "--corpus", str(CORPUS), "--target", "web", "--json"]) == 0
+    assert main(["scan", "--corpus", str(CORPUS), "--target", "web", "--oov", "fallback", "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)
     written = bundle_report(bundle).total_bytes
     assert predicted["vocab"]["kept"] == manifest["vocab"]["kept"]
