@@ -14,7 +14,7 @@ from pema_export import __version__
 from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
-from pema_export.errors import CorpusError
+from pema_export.errors import CorpusError, TargetError
 from pema_export.export import export_onnx
 from pema_export.models import resolve_model
 from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
@@ -88,6 +88,10 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     resolve_device(options.train.device)
     if options.save_full:
         check_save_full_dir(Path(options.save_full))
+    if options.oov == "remap" and options.task == "fill-mask":
+        raise TargetError("--oov remap cannot serve --task fill-mask: the logits are over the kept rows while a remap "
+                          "bundle's tokenizer keeps the original ids, so predictions would decode to the wrong tokens; "
+                          "use --oov fallback or unk")
     source = resolve_model(options.model)
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     check_supported(tokenizer_json)

@@ -350,6 +350,7 @@ def test_bad_oov_options_are_one_line_errors(tmp_path, tiny_bert, tiny_roberta, 
         (["--prior-words", "0"], "--prior-words must be at least 1"),
         (["--prior-words", "10", "--prior-lang", "xx"], "--prior-lang xx: no word list"),
         (["--max-bytes", "1 kB"], "--max-bytes 1,000 is below the smallest bundle"),
+        (["--oov", "remap", "--task", "fill-mask"], "--oov remap cannot serve --task fill-mask"),
     ):
         done = run_cli("--corpus", labelled_corpus, "--out", tmp_path / "c" / "model.onnx", "--model", tiny_bert, "--quiet", *args)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
