@@ -70,7 +70,6 @@ def export_parser() -> argparse.ArgumentParser:
 
 
 def run_export(argv: Sequence[str]) -> int:
-    from pema_export.budget import parse_size
     from pema_export.pipeline import ExportOptions, run
     from pema_export.train import TrainOptions
 
@@ -93,9 +92,9 @@ def run_export(argv: Sequence[str]) -> int:
         trust_remote_code=args.trust_remote_code,
         oov=args.oov,
         max_vocab=args.max_vocab,
-        max_bytes=parse_size(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None,
+        max_bytes=_max_bytes(args.max_bytes),
         prior_words=args.prior_words,
-        prior_lang=[lang.strip() for lang in args.prior_lang.split(",") if lang.strip()] if args.prior_lang else None,
+        prior_lang=_languages(args.prior_lang),
         task=args.task,
         quantize=args.quantize,
         save_full=args.save_full,
@@ -131,6 +130,17 @@ def summary_lines(manifest: dict, out_dir) -> str:
             figure = f"accuracy {heldout['accuracy']:.4f}"
         lines.append(f"held-out    {heldout['file']} ({heldout['texts']:,} texts, {heldout['model']}): UNK {unk}, {figure}")
     return "\n".join(lines)
+
+
+def _languages(prior_lang: str | None) -> list[str] | None:
+    """--prior-lang "en, de" -> ["en", "de"]; None: detect them from the corpus."""
+    return [lang.strip() for lang in prior_lang.split(",") if lang.strip()] if prior_lang else None
+
+
+def _max_bytes(size: str | None) -> int | None:
+    from pema_export.budget import parse_size
+
+    return parse_size(size, "--max-bytes") if size is not None else None
 
 
 def _check_ranges(args) -> None:
@@ -201,10 +211,7 @@ def run_scan(argv: Sequence[str]) -> int:
     from pema_export.corpus import check_corpus_paths
     from pema_export.models import resolve_model
     from pema_export.profiles import load_target
-    from dataclasses import replace
-
-    from pema_export.budget import parse_size
-    from pema_export.scan import bundle_bytes_predictor, predict_sizes, scan_vocabulary, unk_rate
+    from pema_export.scan import bundle_predictor, scan_vocabulary, unk_rate
     from pema_export.tokenizers import check_supported, prune_tokenizer
     from pema_export.vocab import DEFAULT_OOV, OOV_CHOICES
 
@@ -232,13 +239,8 @@ def run_scan(argv: Sequence[str]) -> int:
     check_supported(tokenizer_json)
     scan = scan_vocabulary(source, tokenizer_json, corpus_paths, keep_tokens=args.keep_tokens, min_count=args.min_count,
                            oov=args.oov, max_vocab=args.max_vocab, prior_words=args.prior_words,
-                           prior_lang=[lang.strip() for lang in args.prior_lang.split(",") if lang.strip()] if args.prior_lang else None,
-                           max_bytes=parse_size(args.max_bytes, "--max-bytes") if args.max_bytes is not None else None, target=target)
-    labelled = scan.summary.labelled == scan.summary.texts
-    prediction = predict_sizes(source, tokenizer_json, scan.kept, len(scan.summary.labels) if labelled else None, target)
-    if scan.oov == "remap":  # the original tokenizer and the id table ship instead of a pruned tokenizer
-        total = bundle_bytes_predictor(source, tokenizer_json, len(scan.summary.labels) if labelled else None, target, "remap")(scan.kept)
-        prediction = replace(prediction, tokenizer_bytes=total - prediction.model_bytes - prediction.other_bytes)
+                           prior_lang=_languages(args.prior_lang), max_bytes=_max_bytes(args.max_bytes), target=target)
+    prediction = bundle_predictor(source, tokenizer_json, scan.summary.num_labels, target, scan.oov)(scan.kept)
     kept, original = scan.kept.size, scan.kept.original_size
     result = {
         "model": source.name,

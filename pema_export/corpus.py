@@ -217,6 +217,11 @@ class CorpusSummary:
             yield example.text
 
     @property
+    def num_labels(self) -> int | None:
+        """The number of classes when every text is labelled (a classifier to fine-tune), else None."""
+        return len(self.labels) if self.labels and self.labelled == self.texts else None
+
+    @property
     def sample_texts(self) -> list[str]:
         """The sampled texts in corpus order (all texts when the corpus is no larger than the sample)."""
         return [text for _, text in sorted(self.sample)]

@@ -330,10 +330,10 @@ def shipped_config(config, kept=None):
         return config
     shipped = copy.deepcopy(config)
     shipped.vocab_size = kept.original_size
-    for field in CONFIG_ID_FIELDS:
-        value = getattr(shipped, field, None)
+    for name in CONFIG_ID_FIELDS:
+        value = getattr(shipped, name, None)
         if isinstance(value, int) and 0 <= value < kept.size:
-            setattr(shipped, field, int(kept.kept_ids[value]))
+            setattr(shipped, name, int(kept.kept_ids[value]))
     return shipped
 
 

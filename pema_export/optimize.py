@@ -47,23 +47,19 @@ def optimize_onnx(src: Path, dst: Path, model_type: str, num_heads: int, hidden_
     from onnxruntime.transformers.optimizer import optimize_model
 
     model = onnx.load(str(src))
+    # the optimizer's symbolic shape inference fails on the appended pooling and then fuses no attention at all
+    # (all-MiniLM-L6-v2 as an encoder: BiasGelu and LayerNormalization only); fuse the encoder, then re-attach
     pooling = detach_pooling(model)
-    if pooling is not None:
-        # the optimizer's symbolic shape inference fails on the appended pooling and then fuses no attention at all
-        # (all-MiniLM-L6-v2 as an encoder: BiasGelu and LayerNormalization only); fuse the encoder, then re-attach
-        src = dst.with_name(dst.stem + "-encoder.onnx")
-        onnx.save(model, str(src))
     # it warns, e.g., that our producer name is not "pytorch" (the model_type is given) or that a pruned
     # vocabulary is smaller than the position table: true, and no reason to alarm the user
     with quiet_onnxruntime_logs():
         optimized = optimize_model(
-            str(src), model_type=optimizer_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
+            model, model_type=optimizer_type, num_heads=num_heads, hidden_size=hidden_size, opt_level=0, use_gpu=False
         )
         fused = {op: n for op, n in sorted(optimized.get_fused_operator_statistics().items()) if n}
     optimized.model.producer_name = "pema-export"
     if pooling is not None:
         attach_pooling(optimized.model, pooling)
-        src.unlink()
     # save_model_to_file also declares the com.microsoft opset the fused nodes need
     optimized.save_model_to_file(str(dst))
     return OptimizeReport(bool(fused), optimizer_type, fused, "" if fused else "no fusion pattern matched this graph")

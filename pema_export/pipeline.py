@@ -17,6 +17,7 @@ from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
 from pema_export.errors import CorpusError, TargetError
 from pema_export.export import export_onnx
 from pema_export.models import resolve_model
+from pema_export.oov import IdRemap, full_vocabulary_vectors, heldout_report, nearest_kept_table, oov_dropout, pretrained_embedding, shipped_config
 from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
 from pema_export.profiles import load_target
 from pema_export.scan import original_tokenizer_json, scan_vocabulary, tokenizer_json_text
@@ -32,15 +33,6 @@ from pema_export.train import (
     resolve_device,
     split_held_out,
     word_spans,
-)
-from pema_export.oov import (
-    heldout_report,
-    nearest_kept_table,
-    oov_dropout,
-    pretrained_embedding,
-    IdRemap,
-    full_vocabulary_vectors,
-    shipped_config,
 )
 from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, onnx_reference, torch_reference
 from pema_export.vocab import DEFAULT_OOV, KeptVocab, open_tokenizer, special_token_ids, unk_token_id
@@ -183,11 +175,10 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         heldout = None
         if eval_paths:
             encoder = labels is None and partial.task != "fill-mask"
-            full_vectors = None
             if encoder:
                 log("held-out: sentence vectors of the original full-vocabulary model, to compare the bundle with")
-                full_vectors = full_vocabulary_vectors(source, [e.text for e in read_corpus(eval_paths)], options.max_length)
-            heldout = _held_out(staged, target, out, eval_paths, labels, kept, remap, tokenizer_json, options.max_length, full_vectors)
+            heldout = _held_out(staged, target, out, eval_paths, labels, kept, remap, tokenizer_json, options.max_length,
+                                source if encoder else None)
             figure = (f"cosine to the full model {heldout['cosine_to_full']['mean']:.4f} (mean), nearest-neighbour agreement "
                       f"{heldout['nearest_neighbour_agreement']:.3f}" if encoder else f"accuracy {heldout['accuracy']}")
             log(f"held-out ({heldout['file']}): UNK rate {heldout['unk_rate']}, {heldout['model']}: {figure}")
@@ -265,10 +256,11 @@ def _labels(seen: set[str]) -> list[str]:
 
 
 def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, remap, tokenizer_json: dict, max_length: int,
-              full_vectors=None) -> dict:
-    """UNK rate and accuracy (classifier) or closeness to the full model (encoder) of the shipped model with the
-    shipped tokenizer on the --eval texts, one text at a time."""
+              full_model=None) -> dict:
+    """UNK rate and accuracy (classifier) or, given the encoder's ``full_model`` (its source), closeness to it of the
+    shipped model with the shipped tokenizer on the --eval texts, one text at a time."""
     examples = load_examples(eval_paths)
+    texts = [e.text for e in examples]
     tokenizer = open_tokenizer(staged.path("tokenizer.json"))
     tokenizer.enable_truncation(max_length)
     unk = unk_token_id(tokenizer_json)
@@ -278,11 +270,11 @@ def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, re
     report = heldout_report(
         staged.path(model_name),
         tokenizer,
-        [e.text for e in examples],
+        texts,
         [label_ids[e.label] for e in examples] if label_ids else None,
         unk_id=unk_shipped,
         dropped_ids=(kept.id_map < 0) if remap else None,
-        full_vectors=full_vectors,
+        full_vectors=full_vocabulary_vectors(full_model, texts, max_length) if full_model else None,
     )
     return report.as_manifest(eval_paths[0].name, model_name)
 

@@ -114,8 +114,7 @@ def scan_vocabulary(
     if oov == "auto":
         if target is None:
             raise ValueError("--oov auto needs the target whose bundle it weighs")
-        labelled = bool(summary.labels) and summary.labelled == summary.texts
-        if labelled and allow_remap and unk_token_id(tokenizer_json) is not None:
+        if summary.num_labels and allow_remap and unk_token_id(tokenizer_json) is not None:
             oov, dropout, oov_choice = "unk", AUTO_CLASSIFIER_DROPOUT, {
                 "requested": "auto", "chosen": "unk", "oov_dropout": AUTO_CLASSIFIER_DROPOUT,
                 "reason": f"a labelled corpus: only what it uses, fine-tuned with --oov-dropout {AUTO_CLASSIFIER_DROPOUT} "
@@ -132,9 +131,8 @@ def scan_vocabulary(
     if max_bytes is not None:
         if target is None:
             raise ValueError("max_bytes needs the target whose bundle it bounds")
-        num_labels = len(summary.labels) if summary.labels and summary.labelled == summary.texts else None
         max_vocab, predicted = fit_max_bytes(
-            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, num_labels, target, oov), max_vocab
+            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, summary.num_labels, target, oov), max_vocab
         )
     kept = choose(max_vocab)
     return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, prior=prior,
@@ -168,21 +166,27 @@ def resolve_auto_oov(predicted: dict[str, int], remap_allowed: bool = True) -> t
     return policy, {"requested": "auto", "chosen": policy, "reason": reason, "predicted_bytes": dict(predicted)}
 
 
-def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):
-    """kept -> predicted bundle bytes; a remap bundle ships the original tokenizer and an int32 per original id
-    instead of the pruned tokenizer (their bytes do not depend on the kept ids, so they are measured once)."""
-    shipped_tokenizer = None
+def bundle_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):
+    """kept -> predicted sizes of the bundle ``oov`` makes. A remap bundle ships the original tokenizer and one id
+    table per model file (int32 per original id) instead of the pruned tokenizer: they count as its tokenizer
+    bytes, and the original tokenizer's are measured once (they do not depend on the kept ids)."""
+    original_tokenizer = None
     if oov == "remap":
-        shipped_tokenizer = len(tokenizer_json_text(original_tokenizer_json(tokenizer_json)).encode("utf-8"))
+        original_tokenizer = len(tokenizer_json_text(original_tokenizer_json(tokenizer_json)).encode("utf-8"))
 
-    def predict(kept: KeptVocab) -> int:
-        prediction = predict_sizes(source, tokenizer_json, kept, num_labels, target)
-        if shipped_tokenizer is None:
-            return prediction.total_bytes
-        tables = len(shipped_precisions(target)) * (4 * kept.original_size + REMAP_GRAPH_BYTES)  # one per model file
-        return prediction.model_bytes + prediction.other_bytes + shipped_tokenizer + tables
+    def predict(kept: KeptVocab) -> SizePrediction:
+        remap_bytes = None
+        if original_tokenizer is not None:
+            remap_bytes = original_tokenizer + len(shipped_precisions(target)) * (4 * kept.original_size + REMAP_GRAPH_BYTES)
+        return predict_sizes(source, tokenizer_json, kept, num_labels, target, remap_bytes)
 
     return predict
+
+
+def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):
+    """kept -> predicted bundle bytes (``bundle_predictor``'s total)."""
+    predict = bundle_predictor(source, tokenizer_json, num_labels, target, oov)
+    return lambda kept: predict(kept).total_bytes
 
 
 def original_tokenizer_json(tokenizer_json: dict) -> dict:
@@ -292,9 +296,11 @@ def shipped_precisions(target: Target) -> list[str]:
     return [target.quantize]
 
 
-def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, num_labels: int | None, target: Target) -> SizePrediction:
+def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, num_labels: int | None, target: Target,
+                  tokenizer_bytes: int | None = None) -> SizePrediction:
     """Predict the bundle's bytes from the architecture's parameter shapes (built on the meta device: no weights
-    are read), the target's number format and graph kind; the tokenizer is pruned for real, so its bytes are exact."""
+    are read), the target's number format and graph kind; the tokenizer is pruned for real, so its bytes are exact
+    (``tokenizer_bytes``: what ships instead of the pruned tokenizer, e.g. a remap bundle's)."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
@@ -316,7 +322,8 @@ def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, nu
         _weight_bytes(model, precision, skip) + graph_bytes_per_layer(target, config.model_type, precision) * layers
         for precision in shipped_precisions(target)
     )
-    tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
+    if tokenizer_bytes is None:
+        tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
     return SizePrediction(
         model_bytes=model_bytes,
         tokenizer_bytes=tokenizer_bytes,
