@@ -155,7 +155,7 @@ def screenshot(bundle_dir: Path, png: Path, text: str, dtype: str) -> str:
 
     with serving(bundle_dir) as url, sync_playwright() as playwright:
         browser = launch_chromium(playwright)
-        page = browser.new_page(viewport={"width": 900, "height": 700})
+        page = browser.new_page(viewport={"width": 900, "height": 400})
         page.goto(url)
         wait_until_ready(page)
         if page.input_value("#dtype") != dtype:
