@@ -103,8 +103,8 @@ function showError(error) {
   $('progress').hidden = true;
 }
 
-function megabytes(bytes) {
-  return `${(bytes / 1e6).toFixed(1)} MB`;
+function size(bytes) {
+  return bytes < 1e6 ? `${(bytes / 1e3).toFixed(0)} kB` : `${(bytes / 1e6).toFixed(1)} MB`;
 }
 
 async function switchModel(dtype) {
@@ -124,7 +124,7 @@ async function switchModel(dtype) {
       const loaded = Object.values(files).reduce((sum, file) => sum + file.loaded, 0);
       const total = Object.values(files).reduce((sum, file) => sum + file.total, 0);
       $('progress').value = (100 * loaded) / total;
-      $('status').textContent = `${status} ${megabytes(loaded)} of ${megabytes(total)}`;
+      $('status').textContent = `${status} ${size(loaded)} of ${size(total)}`;
     });
     await tokenizer;
     const seconds = ((performance.now() - started) / 1000).toFixed(1);
