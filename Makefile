@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: demo test setup bench clean
 
-$(STAMP): pyproject.toml constraints.txt package.json
+# chromium is order-only: checked on every `make setup`/`make test`, installed only when missing
+$(STAMP): pyproject.toml constraints.txt package.json | $(CHROMIUM)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel; an unpinned torch would pull a multi-GB CUDA build
@@ -15,6 +17,12 @@ $(STAMP): pyproject.toml constraints.txt package.json
 	# transformers.js for the JS-client tests; its postinstall would try a download, so skip it
 	ONNXRUNTIME_NODE_INSTALL=skip npm ci --silent --no-audit --no-fund
 	touch $(STAMP)
+
+# Debian's chromium for tests/test_web_browser.py: Playwright drives it; Playwright's own browser download does not work here
+$(CHROMIUM):
+	@if [ "$$PEMA_SKIP_BROWSER" = 1 ]; then echo "make: PEMA_SKIP_BROWSER=1: not installing chromium; the browser tests skip"; \
+	elif [ "$$(id -u)" != 0 ]; then echo "make: $(CHROMIUM) is missing and installing it needs root: sudo apt-get update && sudo apt-get install -y chromium (or set PEMA_SKIP_BROWSER=1)" >&2; exit 1; \
+	else apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; fi
 
 setup: $(STAMP)
 
