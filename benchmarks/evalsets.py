@@ -123,8 +123,8 @@ _SENTENCE_END = re.compile(r"(?<=[a-z0-9)][.!?])\s+(?=[A-Z])")
 _BULLET = re.compile(r"^\s*[*+o-]\s+")
 
 
-def _debian_text(description: str) -> str | None:
-    """Synopsis plus the first sentence of the long description, without Debian's markup.
+def _debian_text(description: str) -> tuple[str, str] | None:
+    """The synopsis and the first sentence of the long description ("" if none), without Debian's markup.
 
     Long-description lines start with one space; " ." separates paragraphs; lines with two leading spaces are
     preformatted (tables, code) and are skipped, as are bullets' markers.
@@ -146,14 +146,11 @@ def _debian_text(description: str) -> str | None:
         return None
     long_text = _clean(" ".join(first_paragraph))
     first_sentence = _SENTENCE_END.split(long_text, maxsplit=1)[0] if long_text else ""
-    if not first_sentence:
-        return synopsis
-    joiner = " " if synopsis[-1] in ".!?:" else ". "
-    return synopsis + joiner + first_sentence
+    return synopsis, first_sentence
 
 
 def debian_descriptions(spec: EvalSetSpec) -> Iterator[Candidate]:
-    """Package descriptions labelled by Section; one source package is one group (its binaries share wording)."""
+    """Package descriptions labelled by Section, grouped in families of source packages that share wording."""
     packages = _apt_index_files("Packages")
     translations = _apt_index_files("Translations")
     if not packages or not translations:
@@ -174,17 +171,18 @@ def debian_descriptions(spec: EvalSetSpec) -> Iterator[Candidate]:
                 continue
             seen_packages.add(name)
             description = descriptions.get((name, stanza.get("Description-md5", "")))
-            text = _debian_text(description) if description else None
-            if text:
+            parts = _debian_text(description) if description else None
+            if parts:
                 source = stanza.get("Source", name).split()[0]  # "foo (1.2-3)" -> "foo"
-                rows.append((section, text, source))
+                rows.append((section, *parts, source))
     # Sources that open their descriptions with the same sentence (18 Puppet modules, 16 GAP packages) are one
     # family: a group is every source linked to another through a shared long-description sentence.
     family = _Families()
-    for _, text, source in rows:
-        family.join(source, "sentence:" + _dedup_key(text.split(". ", 1)[-1]))
-    for section, text, source in rows:
-        yield Candidate(section, text, family.name(source))
+    for _, _, first_sentence, source in rows:
+        family.join(source, "sentence:" + _dedup_key(first_sentence or source))
+    for section, synopsis, first_sentence, source in rows:
+        joiner = " " if not first_sentence or synopsis[-1] in ".!?:" else ". "
+        yield Candidate(section, (synopsis + joiner + first_sentence).strip(), family.name(source))
 
 
 class _Families:
