@@ -1,168 +1,263 @@
-"""Accuracy on text the corpus never had: every --oov method and combination against the full vocabulary.
+"""Accuracy on text the corpus never had: every --oov method on several labelled evaluation sets, several seeds.
 
-Each row is a real export (the pipeline, fine-tuned on the train file) for one target; the figures are the
-manifest's own: bundle bytes (every shipped file), and the held-out UNK rate and accuracy of the *shipped* model
-with the *shipped* tokenizer, one text at a time, as an app runs it (``--eval FILE``). The full-vocabulary model is
-the ceiling, naive pruning (``--oov unk``) the floor. Rows repeat for each seed; the table shows medians.
+For each evaluation set (benchmarks/evalsets.py builds them; samples/app_texts.txt + samples/heldout.txt is one
+more) and each seed, all-MiniLM-L6-v2 is fine-tuned on the set's train file, and every method is a real export
+whose shipped model is run with its shipped tokenizer on the set's test file, one text at a time, as an app runs it:
 
-    .venv/bin/python benchmarks/oov_accuracy.py                                   # samples, cpu (fused int8), seed 0
-    .venv/bin/python benchmarks/oov_accuracy.py --seeds 0 1 2 --rows full unk remap+prior20k+dropout
-    .venv/bin/python benchmarks/oov_accuracy.py --train FILE --heldout FILE --model PATH --target web
+- ``unk``: fine-tuned with PEMA (only the corpus's rows exist) with ``--save-full``; the naive-pruning floor.
+- ``full``, ``fallback``, ``remap``, ``tail-N``: exports of that same fine-tuned model (the ``--save-full``
+  checkpoint, corpus texts as the corpus), so they differ only in what ships for the rows the corpus never used.
+  This is the same model each would train: with AdamW and no weight decay on embeddings, rows the corpus never uses
+  get no gradient (the repository's equivalence test, tests/test_pema.py), and none of these methods changes the
+  training data. ``full`` keeps every row exact: the ceiling.
+- ``unk+dropout``: ``--oov unk --oov-dropout 0.1``, which trains differently, so it is fine-tuned on its own.
+- ``default``: plain ``pema-export`` (``--oov auto``) fine-tuned on its own, to show the default as users get it.
 
-Raw rows are appended to --jsonl as they finish, so a long run can be resumed or tabulated with --table-only.
+Bytes: every row's bundle (all shipped files) against optimum's plain export of the same full-vocabulary model,
+fp32 and int8 (``ORTQuantizer``, dynamic, per channel), model file plus the tokenizer files it writes. Accuracy
+rows are ``--quantize none`` (fp32, fused, cpu target); the int8 cpu bundle of ``default`` is measured too.
+
+    .venv/bin/python benchmarks/oov_accuracy.py --seeds 0 1 2             # every set; appends to --jsonl
+    .venv/bin/python benchmarks/oov_accuracy.py --table-only              # tables of the rows recorded so far
+
+Rows are appended to --jsonl as they finish, so a long run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pema_export.errors import PemaError
-from pema_export.models import resolve_model
-from pema_export.pipeline import ExportOptions, run
-from pema_export.train import TrainOptions
-from pema_export.vocab import open_tokenizer
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-BUDGET_SHARE = 0.70  # the issue's goal: within 1 point of the full vocabulary at <= 0.70x its bundle bytes
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-# name -> export options (besides corpus/out/model/target/eval/train); "budget" rows get --max-bytes from the full row.
-ROWS: dict[str, dict] = {
-    "full": {"oov": "fallback", "full": True},
-    "unk": {"oov": "unk"},
-    "fallback": {"oov": "fallback"},
-    "unk+prior5k": {"oov": "unk", "prior_words": 5000},
-    "unk+prior20k": {"oov": "unk", "prior_words": 20000},
-    "unk+dropout": {"oov": "unk", "oov_dropout": 0.1},
-    "remap": {"oov": "remap"},
-    "remap+dropout": {"oov": "remap", "oov_dropout": 0.1},
-    "remap+prior5k": {"oov": "remap", "prior_words": 5000},
-    "remap+prior20k": {"oov": "remap", "prior_words": 20000},
-    "remap+prior20k+dropout": {"oov": "remap", "prior_words": 20000, "oov_dropout": 0.1},
-    "remap+prior20k+budget0.70": {"oov": "remap", "prior_words": 20000, "budget": BUDGET_SHARE},
-    "unk+prior20k+dropout+budget0.70": {"oov": "unk", "prior_words": 20000, "oov_dropout": 0.1, "budget": BUDGET_SHARE},
+EPOCHS = 3
+DROPOUT = 0.1
+# method -> extra export options, applied to the --save-full checkpoint of the seed's PEMA run
+DERIVED = {
+    "full": None,  # --keep-tokens: the whole vocabulary
+    "fallback": ["--oov", "fallback"],
+    "remap": ["--oov", "remap"],
+    "tail-24": ["--oov", "tail", "--tail-row-bytes", "24"],
+    "tail-48": ["--oov", "tail", "--tail-row-bytes", "48"],
+    "tail-96": ["--oov", "tail", "--tail-row-bytes", "96"],
 }
+METHODS = ["full", "unk", "unk+dropout", "fallback", "remap", "tail-24", "tail-48", "tail-96", "default"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model folder (default: the embedded all-MiniLM-L6-v2)")
-    parser.add_argument("--train", default=str(REPO / "samples" / "app_texts.txt"))
-    parser.add_argument("--heldout", default=str(REPO / "samples" / "heldout.txt"))
-    parser.add_argument("--target", default="cpu", help="one target for every row, so bytes compare like with like")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--jsonl", default=str(REPO / "benchmarks" / "oov_accuracy.jsonl"))
-    parser.add_argument("--table-only", action="store_true", help="print the table of the rows already in --jsonl")
+    parser.add_argument("--sets", nargs="+", help="evaluation sets (default: samples and every set evalsets.py builds)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--evalsets-dir", default=str(REPO / "build" / "evalsets"))
+    parser.add_argument("--jsonl", default=str(REPO / "benchmarks" / "oov_accuracy_sets.jsonl"))
+    parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
-
     jsonl = Path(args.jsonl)
+    sets = evaluation_sets(Path(args.evalsets_dir), args.sets, build=not args.table_only)
     if not args.table_only:
-        for seed in args.seeds:
-            full_bytes = _full_bytes(jsonl, args.target, seed)
-            for name in args.rows:
-                if _done(jsonl, name, args.target, seed):
-                    continue
-                if ROWS[name].get("budget") and full_bytes is None:
-                    raise SystemExit(f"row {name} needs the 'full' row of seed {seed} first (its bytes set the budget)")
-                row = _export(name, ROWS[name], args, seed, full_bytes)
-                with jsonl.open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(row) + "\n")
-                if name == "full":
-                    full_bytes = row["bundle_bytes"]
-                print(json.dumps(row), file=sys.stderr)
-    print(table(_rows(jsonl, args.target), Path(args.heldout).name))
+        for name, (train, test) in sets.items():
+            for seed in args.seeds:
+                run_seed(jsonl, name, train, test, seed, args.methods)
+    print(tables(recorded(jsonl), list(sets)))
     return 0
 
 
-def _export(name: str, spec: dict, args, seed: int, full_bytes: int | None) -> dict:
+def evaluation_sets(folder: Path, only: list[str] | None, build: bool) -> dict[str, tuple[Path, Path]]:
+    sets = {"samples": (REPO / "samples" / "app_texts.txt", REPO / "samples" / "heldout.txt")}
+    if build:
+        from evalsets import build_all
+
+        sets.update(build_all(folder))
+    else:
+        sets.update({p.name: (p / "train.txt", p / "test.txt") for p in sorted(folder.glob("*")) if (p / "test.txt").is_file()})
+    return {name: paths for name, paths in sets.items() if not only or name in only}
+
+
+def run_seed(jsonl: Path, set_name: str, train: Path, test: Path, seed: int, methods: list[str]) -> None:
+    done = {row["method"] for row in recorded(jsonl) if row["set"] == set_name and row["seed"] == seed}
+    todo = [m for m in methods if m not in done]
+    if not todo:
+        return
+    # the seed's fine-tuned model is kept, so methods added later are exported from the same model
+    checkpoint = REPO / "build" / "oov_accuracy" / set_name / f"seed{seed}" / "full"
     with tempfile.TemporaryDirectory(prefix="pema-oov-") as scratch:
-        out = Path(scratch) / "bundle" / "model.onnx"
-        keep_file = _whole_vocabulary_file(args.model, Path(scratch)) if spec.get("full") else None
-        started = time.perf_counter()
-        options = ExportOptions(
-            corpus=[args.train], out=str(out), model=args.model, target=args.target, eval_file=args.heldout,
-            oov=spec["oov"], keep_tokens=str(keep_file) if keep_file else None,
-            prior_words=spec.get("prior_words"), max_bytes=int(full_bytes * spec["budget"]) if spec.get("budget") else None,
-            train=TrainOptions(epochs=args.epochs, seed=seed, oov_dropout=spec.get("oov_dropout", 0.0)),
-        )
-        try:
-            manifest = run(options, log=lambda message: print(f"  [{name} seed {seed}] {message}", file=sys.stderr)).manifest
-        except PemaError as exc:  # e.g. an int8 stage missing its bound: a finding, reported as such
-            return {"row": name, "target": args.target, "seed": seed, "error": str(exc)}
-        bundle_bytes = sum(entry["bytes"] for entry in manifest["files"].values())
-        bundle_bytes += (out.parent / "pema-manifest.json").stat().st_size
-        quantize = next((s["check"] for s in manifest["stages"] if s["stage"].startswith("quantize")), {})
-        return {
-            "row": name, "target": args.target, "seed": seed, "kept_rows": manifest["vocab"]["kept"],
-            "bundle_bytes": bundle_bytes, "heldout_accuracy": manifest["heldout"]["accuracy"],
-            "heldout_unk_rate": manifest["heldout"]["unk_rate"], "heldout_remapped_rate": manifest["heldout"]["remapped_rate"],
-            "fp32_heldout_accuracy": manifest["training"]["eval_accuracy"], "int8_top1_agreement": quantize.get("top1_agreement"),
-            "tokenization_mismatches": manifest["parity"]["tokenization_mismatches"],
-            "parity_max_abs_diff": manifest["parity"]["max_abs_diff"], "seconds": round(time.perf_counter() - started),
-        }
+        scratch = Path(scratch)
+        texts = scratch / "texts.txt"  # the corpus's texts without labels: a derived export does not train
+        texts.write_text("".join(line.split("\t", 1)[1] + "\n" for line in read_lines(train)), encoding="utf-8")
+        common = ["--epochs", str(EPOCHS), "--seed", str(seed), "--quantize", "none"]
+        if "unk" in todo or (not checkpoint.is_dir() and any(m in DERIVED for m in todo)):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            row = export(scratch / "unk", ["--corpus", str(train), "--oov", "unk", "--oov-dropout", "0", *common,
+                                           "--save-full", str(checkpoint)], test)
+            record(jsonl, set_name, seed, "unk", row, done)
+        if any(m in DERIVED for m in todo):
+            plain = optimum_bytes(checkpoint, scratch / "optimum")
+            for method in (m for m in todo if m in DERIVED):
+                options = DERIVED[method] or ["--oov", "unk", "--keep-tokens", str(whole_vocabulary(checkpoint, scratch))]
+                row = export(scratch / method, ["--model", str(checkpoint), "--corpus", str(texts), "--quantize", "none",
+                                                "--seed", str(seed), *options], test)
+                record(jsonl, set_name, seed, method, {**row, "optimum": plain}, done)
+        if "unk+dropout" in todo:
+            row = export(scratch / "dropout", ["--corpus", str(train), "--oov", "unk", "--oov-dropout", str(DROPOUT), *common], test)
+            record(jsonl, set_name, seed, "unk+dropout", row, done)
+        if "default" in todo:
+            row = export(scratch / "default", ["--corpus", str(train), "--epochs", str(EPOCHS), "--seed", str(seed),
+                                               "--quantize", "none"], test)
+            int8 = export(scratch / "default-int8", ["--corpus", str(train), "--epochs", str(EPOCHS), "--seed", str(seed)], test)
+            record(jsonl, set_name, seed, "default", {**row, "int8": int8}, done)
 
 
-def _whole_vocabulary_file(model: str | None, scratch: Path) -> Path:
-    # --keep-tokens takes a vocabulary token per line: listing all of them keeps the whole vocabulary.
-    tokenizer = open_tokenizer(resolve_model(model).tokenizer_json)
+def export(folder: Path, options: list[str], test: Path) -> dict:
+    """One real export with the CLI, then its shipped model and tokenizer on the test texts."""
+    out = folder / "model.onnx"
+    started = time.perf_counter()
+    done = subprocess.run([str(Path(sys.executable).parent / "pema-export"), "--out", str(out), "--quiet", *options],
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["exit %d" % done.returncode])[-1], "seconds": round(seconds)}
+    manifest = json.loads((folder / "pema-manifest.json").read_text(encoding="utf-8"))
+    accuracy, unk_rate = shipped_accuracy(folder, test)
+    vocab = manifest["vocab"]
+    return {
+        "kept_rows": vocab["kept"], "oov": vocab["oov"], "tail": vocab.get("tail"),
+        "bundle_bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()),
+        "model_bytes": out.stat().st_size, "accuracy": accuracy, "unk_rate": unk_rate,
+        "fp32_eval_accuracy": (manifest.get("training") or {}).get("eval_accuracy"),
+        "parity_max_abs_diff": manifest["parity"]["max_abs_diff"], "seconds": round(seconds),
+    }
+
+
+def shipped_accuracy(bundle: Path, test: Path, max_length: int = 128) -> tuple[float, float | None]:
+    """Accuracy of the bundle's model.onnx with its tokenizer.json on ``label<TAB>text`` lines, one text at a time,
+    and the share of word pieces it reads as UNK."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
+    label_of = {int(k): v for k, v in config["id2label"].items()}
+    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    unk = tokenizer.token_to_id(str(tokenizer.model.unk_token)) if hasattr(tokenizer.model, "unk_token") else None
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    right = pieces = unknown = 0
+    lines = read_lines(test)
+    for line in lines:
+        label, text = line.split("\t", 1)
+        encoding = tokenizer.encode(text)
+        ids = np.asarray([encoding.ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        logits = session.run(["logits"], {k: v for k, v in feeds.items() if k in inputs})[0][0]
+        right += label_of[int(logits.argmax())] == label
+        words = [i for i, special in zip(encoding.ids, encoding.special_tokens_mask) if not special]
+        pieces += len(words)
+        unknown += sum(i == unk for i in words) if unk is not None else 0
+    return right / len(lines), (unknown / pieces if unk is not None and pieces else None)
+
+
+def optimum_bytes(checkpoint: Path, folder: Path) -> dict:
+    """optimum's plain export of the full-vocabulary model: fp32, and its own dynamic int8 (per channel)."""
+    code = f"""
+import sys
+from pathlib import Path
+from optimum.exporters.onnx import main_export
+from optimum.onnxruntime import ORTQuantizer
+from optimum.onnxruntime.configuration import AutoQuantizationConfig
+out = Path(sys.argv[2])
+main_export(sys.argv[1], output=out / "fp32", task="text-classification", library_name="transformers", do_validation=False)
+quantizer = ORTQuantizer.from_pretrained(out / "fp32")
+quantizer.quantize(save_dir=out / "int8", quantization_config=AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True))
+"""
+    subprocess.run([sys.executable, "-c", code, str(checkpoint), str(folder)], check=True, capture_output=True)
+    sizes = {}
+    for precision in ("fp32", "int8"):
+        files = [f for f in (folder / precision).rglob("*") if f.is_file()]
+        model = next(f for f in files if f.suffix == ".onnx")
+        sizes[precision] = {"model_bytes": model.stat().st_size, "folder_bytes": sum(f.stat().st_size for f in files)}
+    return sizes
+
+
+def whole_vocabulary(checkpoint: Path, scratch: Path) -> Path:
+    # --keep-tokens takes a vocabulary token per line: listing all of them keeps every row
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
     path = scratch / "all-tokens.txt"
-    path.write_text("\n".join(sorted(tokenizer.get_vocab(with_added_tokens=True), key=tokenizer.token_to_id)) + "\n", encoding="utf-8")
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    path.write_text("".join(token + "\n" for token in sorted(vocab, key=vocab.get)), encoding="utf-8")
     return path
 
 
-def _rows(jsonl: Path, target: str) -> list[dict]:
+def read_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def record(jsonl: Path, set_name: str, seed: int, method: str, row: dict, done: set[str]) -> None:
+    if method in done:
+        return
+    entry = {"set": set_name, "seed": seed, "method": method, **row}
+    with jsonl.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    done.add(method)
+    print(json.dumps(entry), file=sys.stderr, flush=True)
+
+
+def recorded(jsonl: Path) -> list[dict]:
     if not jsonl.is_file():
         return []
-    return [row for row in map(json.loads, jsonl.read_text(encoding="utf-8").splitlines()) if row["target"] == target]
+    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for row in rows if "set" in row]  # rows of the earlier single-file benchmark have no set
 
 
-def _done(jsonl: Path, name: str, target: str, seed: int) -> bool:
-    return any(row["row"] == name and row["seed"] == seed for row in _rows(jsonl, target))
-
-
-def _full_bytes(jsonl: Path, target: str, seed: int) -> int | None:
-    return next((row["bundle_bytes"] for row in _rows(jsonl, target) if row["row"] == "full" and row["seed"] == seed and "error" not in row), None)
-
-
-def table(rows: list[dict], heldout_name: str) -> str:
-    """Markdown: one line per method, medians over seeds; bytes relative to the full vocabulary's."""
-    by_name: dict[str, list[dict]] = {}
-    for row in rows:
-        by_name.setdefault(row["row"], []).append(row)
-    full = [r for r in by_name.get("full", []) if "error" not in r]
-    full_bytes = statistics.median(r["bundle_bytes"] for r in full) if full else None
-    full_accuracy = statistics.median(r["heldout_accuracy"] for r in full) if full else None
-    lines = [
-        f"held-out: {heldout_name}; target {rows[0]['target'] if rows else '?'}; accuracy of the shipped model, medians over seeds",
-        "",
-        "| method | seeds | kept rows | bundle bytes | × full | held-out UNK rate | remapped pieces | held-out accuracy (per seed) | Δ vs full |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
-    ]
-    for name in [n for n in ROWS if n in by_name]:
-        ok = [r for r in by_name[name] if "error" not in r]
-        if not ok:
-            lines.append(f"| {name} | {len(by_name[name])} | failed: {by_name[name][0]['error'][:120]} |||||||")
+def tables(rows: list[dict], set_names: list[str]) -> str:
+    """Per set: one line per method, medians over seeds; bytes against optimum's plain exports."""
+    out = []
+    for set_name in set_names:
+        in_set = [r for r in rows if r["set"] == set_name]
+        if not in_set:
             continue
-        size = statistics.median(r["bundle_bytes"] for r in ok)
-        accuracy = statistics.median(r["heldout_accuracy"] for r in ok)
-        unk = statistics.median(r["heldout_unk_rate"] or 0.0 for r in ok)
-        remapped = statistics.median(r["heldout_remapped_rate"] for r in ok)
-        seeds = ", ".join(f"{r['heldout_accuracy']:.4f}" for r in sorted(ok, key=lambda r: r["seed"]))
-        ratio = f"{size / full_bytes:.2f}" if full_bytes else "?"
-        delta = f"{(accuracy - full_accuracy) * 100:+.1f} pt" if full_accuracy is not None else "?"
-        failed = len(by_name[name]) - len(ok)
-        lines.append(
-            f"| {name} | {len(ok)}{f' (+{failed} failed)' if failed else ''} | {statistics.median(r['kept_rows'] for r in ok):,.0f} "
-            f"| {size:,.0f} | {ratio} | {unk:.2%} | {remapped:.2%} | {accuracy:.4f} ({seeds}) | {delta} |"
-        )
-    return "\n".join(lines)
+        full = [r["accuracy"] for r in in_set if r["method"] == "full" and "error" not in r]
+        plain = next((r["optimum"] for r in in_set if "optimum" in r), None)
+        ceiling = statistics.median(full) if full else None
+        out += [f"### {set_name}", "",
+                "| method | seeds | kept rows | bundle bytes | × optimum fp32 | accuracy: median (per seed) | Δ vs full |",
+                "|---|---:|---:|---:|---:|---|---:|"]
+        for method in METHODS:
+            runs = sorted((r for r in in_set if r["method"] == method), key=lambda r: r["seed"])
+            ok = [r for r in runs if "error" not in r]
+            if not runs:
+                continue
+            if not ok:
+                out.append(f"| {method} | {len(runs)} | failed: {runs[0]['error'][:100]} | | | | |")
+                continue
+            accuracy = statistics.median(r["accuracy"] for r in ok)
+            size = statistics.median(r["bundle_bytes"] for r in ok)
+            ratio = f"{size / plain['fp32']['folder_bytes']:.3f}" if plain else "?"
+            delta = f"{(accuracy - ceiling) * 100:+.1f} pt" if ceiling is not None else "?"
+            per_seed = ", ".join(f"{r['accuracy']:.4f}" for r in ok)
+            out.append(f"| {method} | {len(ok)} | {statistics.median(r['kept_rows'] for r in ok):,.0f} | {size:,.0f} | "
+                       f"{ratio} | {accuracy:.4f} ({per_seed}) | {delta} |")
+        int8 = [r["int8"] for r in in_set if r["method"] == "default" and "int8" in r and "error" not in r["int8"]]
+        if int8 and plain:
+            size = statistics.median(r["bundle_bytes"] for r in int8)
+            out.append(f"\ndefault, cpu int8 bundle: {size:,.0f} bytes = {size / plain['int8']['folder_bytes']:.3f} × optimum int8 "
+                       f"({plain['int8']['folder_bytes']:,}); accuracy {statistics.median(r['accuracy'] for r in int8):.4f}")
+        out.append("")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
