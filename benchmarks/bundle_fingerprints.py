@@ -60,6 +60,7 @@ EXPORTS = {
     "tiny-electra-fallback-android": ["--model", "{tiny_electra}", "--corpus", "{family}", "--oov", "fallback", "--target", "android"],
     "tiny-mlm-bert": ["--model", "{mlm_bert}", "--corpus", "{mlm}", "--task", "fill-mask", "--quantize", "none"],
     "tiny-mlm-bert-unk-int8": ["--model", "{mlm_bert}", "--corpus", "{mlm}", "--task", "fill-mask", "--oov", "unk"],
+    "tiny-mlm-bert-unk-fp16": ["--model", "{mlm_bert}", "--corpus", "{mlm}", "--task", "fill-mask", "--oov", "unk", "--quantize", "fp16"],
     "tiny-mlm-xlmr": ["--model", "{mlm_xlmr}", "--corpus", "{mlm}", "--task", "fill-mask", "--quantize", "none"],
 }
 
