@@ -11,6 +11,11 @@ a user takes is measured. Besides the bundle files it records ``pema-export scan
 ``pema-export size --json`` of every bundle, and the export's summary on stdout. The tiny fixture models
 (tests/conftest.py) are random: build them once (``--work``'s ``fixtures/``) and pass ``--fixtures`` to reuse the
 very same folders for the second run. About 20 minutes on 2 shared cores, mostly the MiniLM fine-tuning runs.
+
+Run both from the same path with the same environment (e.g. ``env -i PATH=... HOME=... PYTHONPATH=...``): the
+.ort files are byte-identical only then. The converter runs without address randomisation (ort_format.py), but the
+size of its environment and argument strings still moves the stack, and with it the hash seeds that order the
+flatbuffer: a different PYTHONPATH or working directory gave a different model.ort for the same graph.
 """
 
 from __future__ import annotations
