@@ -93,7 +93,7 @@ def _export(name: str, spec: dict, args, seed: int, full_bytes: int | None) -> d
             train=TrainOptions(epochs=args.epochs, seed=seed, oov_dropout=spec.get("oov_dropout", 0.0)),
         )
         try:
-            manifest = run(options, log=lambda message: print(f"  [{name} seed {seed}] {message}", file=sys.stderr)).manifest
+            manifest = run(options, log=lambda message: print(f"  [{name} seed {seed}] {message}", file=sys.stderr)).manifest.to_json()
         except PemaError as exc:  # e.g. an int8 stage missing its bound: a finding, reported as such
             return {"row": name, "target": args.target, "seed": seed, "error": str(exc)}
         bundle_bytes = sum(entry["bytes"] for entry in manifest["files"].values())

@@ -65,7 +65,7 @@ def main() -> int:
                 ),
                 log=lambda message: print(f"  [{policy}] {message}", file=sys.stderr),
             )
-            vocab = result.manifest["vocab"]
+            vocab = result.manifest.to_json()["vocab"]
             if policy == FULL and vocab["kept"] != vocab["original"]:
                 raise SystemExit(f"the full-vocabulary run kept {vocab['kept']} of {vocab['original']} tokens")
             rows.append({"policy": policy, "kept_rows": vocab["kept"], "model_bytes": out.stat().st_size,

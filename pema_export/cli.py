@@ -8,6 +8,7 @@ import sys
 from typing import Callable, Sequence
 
 from pema_export.errors import PemaError
+from pema_export.manifest import Manifest
 from pema_export.vocab import DEFAULT_OOV, OOV_CHOICES
 
 EXIT_USAGE = 2
@@ -105,30 +106,30 @@ def run_export(argv: Sequence[str]) -> int:
     return 0
 
 
-def summary_lines(manifest: dict, out_dir) -> str:
-    vocab, params, parity = manifest["vocab"], manifest["params"], manifest["parity"]
-    model_file = next(name for name in manifest["files"] if name.endswith((".onnx", ".ort")))
+def summary_lines(manifest: Manifest, out_dir) -> str:
+    vocab, params, parity = manifest.vocab, manifest.params, manifest.parity
+    model_file = manifest.model_file()
     lines = [
-        f"bundle      {out_dir}/ ({', '.join(sorted(manifest['files']))}, pema-manifest.json)",
-        f"vocab       {vocab['kept']:,} of {vocab['original']:,} tokens kept ({vocab['kept'] / vocab['original']:.1%})",
-        f"params      {params['original']:,} -> {params['exported']:,} ({params['exported'] / params['original']:.1%})",
-        f"bytes       fp32 full vocabulary ~{4 * params['original']:,} -> {model_file} {manifest['files'][model_file]['bytes']:,}",
-        f"parity      tokenization {parity['tokenization_texts_checked']:,} texts, {parity['tokenization_mismatches']} mismatches; "
-        f"outputs on {parity['texts_checked']:,} texts, max |diff| {parity['max_abs_diff']:.2e} (<= {parity['atol']:g})",
+        f"bundle      {out_dir}/ ({', '.join(sorted(manifest.files))}, pema-manifest.json)",
+        f"vocab       {vocab.kept:,} of {vocab.original:,} tokens kept ({vocab.kept / vocab.original:.1%})",
+        f"params      {params.original:,} -> {params.exported:,} ({params.exported / params.original:.1%})",
+        f"bytes       fp32 full vocabulary ~{4 * params.original:,} -> {model_file} {manifest.files[model_file]['bytes']:,}",
+        f"parity      tokenization {parity.tokenization_texts_checked:,} texts, {parity.tokenization_mismatches} mismatches; "
+        f"outputs on {parity.texts_checked:,} texts, max |diff| {parity.max_abs_diff:.2e} (<= {parity.atol:g})",
     ]
-    if manifest.get("training"):
-        training = manifest["training"]
-        lines.append(f"training    {training['epochs']} epochs on {training['train_size']:,} texts, "
-                     f"held-out accuracy {training['eval_accuracy']:.4f} on {training['eval_size']:,}")
-    heldout = manifest.get("heldout")
+    if manifest.training:
+        training = manifest.training
+        lines.append(f"training    {training.epochs} epochs on {training.train_size:,} texts, "
+                     f"held-out accuracy {training.eval_accuracy:.4f} on {training.eval_size:,}")
+    heldout = manifest.heldout
     if heldout:
-        unk = "n/a" if heldout["unk_rate"] is None else f"{heldout['unk_rate']:.2%}"
-        if heldout.get("cosine_to_full"):
-            figure = (f"cosine to the full-vocabulary model {heldout['cosine_to_full']['mean']:.4f} mean, "
-                      f"{heldout['cosine_to_full']['min']:.4f} min; nearest-neighbour agreement {heldout['nearest_neighbour_agreement']:.1%}")
+        unk = "n/a" if heldout.unk_rate is None else f"{heldout.unk_rate:.2%}"
+        if heldout.cosine_to_full:
+            figure = (f"cosine to the full-vocabulary model {heldout.cosine_to_full['mean']:.4f} mean, "
+                      f"{heldout.cosine_to_full['min']:.4f} min; nearest-neighbour agreement {heldout.nearest_neighbour_agreement:.1%}")
         else:
-            figure = f"accuracy {heldout['accuracy']:.4f}"
-        lines.append(f"held-out    {heldout['file']} ({heldout['texts']:,} texts, {heldout['model']}): UNK {unk}, {figure}")
+            figure = f"accuracy {heldout.accuracy:.4f}"
+        lines.append(f"held-out    {heldout.file} ({heldout.texts:,} texts, {heldout.model}): UNK {unk}, {figure}")
     return "\n".join(lines)
 
 
@@ -240,7 +241,7 @@ def run_scan(argv: Sequence[str]) -> int:
     scan = scan_vocabulary(source, tokenizer_json, corpus_paths, keep_tokens=args.keep_tokens, min_count=args.min_count,
                            oov=args.oov, max_vocab=args.max_vocab, prior_words=args.prior_words,
                            prior_lang=_languages(args.prior_lang), max_bytes=_max_bytes(args.max_bytes), target=target)
-    prediction = bundle_predictor(source, tokenizer_json, scan.summary.num_labels, target, scan.oov)(scan.kept)
+    prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.oov)(scan.kept)
     kept, original = scan.kept.size, scan.kept.original_size
     result = {
         "model": source.name,

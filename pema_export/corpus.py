@@ -222,6 +222,12 @@ class CorpusSummary:
         return len(self.labels) if self.labels and self.labelled == self.texts else None
 
     @property
+    def label_kind(self) -> str | None:
+        """The labels the corpus carries for a task (tasks.Task.label_kind): "text", one per text, when every text
+        has one; None otherwise."""
+        return "text" if self.num_labels else None
+
+    @property
     def sample_texts(self) -> list[str]:
         """The sampled texts in corpus order (all texts when the corpus is no larger than the sample)."""
         return [text for _, text in sorted(self.sample)]

@@ -21,6 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from pema_export.errors import CorpusError, ModelError, TokenizerError, VerificationError
+from pema_export.manifest import HeldOutRecord
 
 # Languages whose share of the corpus texts is below this are not given a prior (one stray French greeting in an
 # English corpus should not buy thousands of French rows).
@@ -222,19 +223,17 @@ class HeldOutReport:
     cosine_to_full: dict | None = None  # {"mean", "min", "p10"}
     neighbour_agreement: float | None = None  # share of texts whose nearest other held-out text is the full model's
 
-    def as_manifest(self, file_name: str, model_name: str) -> dict:
-        entry = {
-            "file": file_name,
-            "model": model_name,
-            "texts": self.texts,
-            "unk_rate": None if self.unk_rate is None else round(self.unk_rate, 6),
-            "remapped_rate": round(self.remapped_rate, 6),
-            "accuracy": None if self.accuracy is None else round(self.accuracy, 6),
-        }
-        if self.cosine_to_full is not None:
-            entry["cosine_to_full"] = {key: round(value, 6) for key, value in self.cosine_to_full.items()}
-            entry["nearest_neighbour_agreement"] = round(self.neighbour_agreement, 6)
-        return entry
+    def as_manifest(self, file_name: str, model_name: str) -> HeldOutRecord:
+        return HeldOutRecord(
+            file=file_name,
+            model=model_name,
+            texts=self.texts,
+            unk_rate=None if self.unk_rate is None else round(self.unk_rate, 6),
+            remapped_rate=round(self.remapped_rate, 6),
+            accuracy=None if self.accuracy is None else round(self.accuracy, 6),
+            cosine_to_full=None if self.cosine_to_full is None else {key: round(value, 6) for key, value in self.cosine_to_full.items()},
+            nearest_neighbour_agreement=None if self.cosine_to_full is None else round(self.neighbour_agreement, 6),
+        )
 
 
 def heldout_report(model_path: Path, tokenizer, texts: list[str], labels: list[int] | None, *, unk_id: int | None,

@@ -16,6 +16,17 @@ from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
 from pema_export.errors import CorpusError, TargetError
 from pema_export.export import export_onnx
+from pema_export.manifest import (
+    CorpusRecord,
+    HeldOutRecord,
+    Manifest,
+    ModelRecord,
+    ParamsRecord,
+    ParityRecord,
+    TokenizerRecord,
+    TrainingRecord,
+    VocabRecord,
+)
 from pema_export.models import resolve_model
 from pema_export.oov import IdRemap, full_vocabulary_vectors, heldout_report, nearest_kept_table, oov_dropout, pretrained_embedding, shipped_config
 from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
@@ -65,7 +76,7 @@ class ExportOptions:
 class ExportResult:
     out_dir: Path
     files: list[Path]
-    manifest: dict
+    manifest: Manifest
 
 
 def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
@@ -105,7 +116,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         prior_lang=options.prior_lang,
         max_bytes=options.max_bytes,
         target=target,
-        allow_remap=options.task != "fill-mask",
+        task=options.task,
     )
     counts, kept, keep_ids, summary, oov = scan.counts, scan.kept, scan.keep_ids, scan.summary, scan.oov
     if scan.oov_choice:
@@ -117,20 +128,21 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         log(f"--oov remap: {remap.remapped_ids:,} dropped ids run as their nearest kept token")
 
     # 3. Build the model with the partial embedding from the start, then fine-tune when labelled.
-    labelled = summary.labelled == summary.texts and options.task != "fill-mask"
-    if options.task == "fill-mask" and summary.labelled:
-        log("--task fill-mask: the corpus labels are ignored (no fine-tuning of the masked-LM head)")
+    task = scan.task
+    labelled = task.trains_on(summary.label_kind)
+    if summary.labelled and not labelled:
+        log(f"--task {task.name}: the corpus labels are ignored (no fine-tuning of the {task.head})")
     if 0 < summary.labelled < summary.texts:
         load_examples(corpus_paths)  # raises, naming the first unlabelled text
     labels = _labels(summary.labels) if labelled else None
     partial = load_partial_model(
-        source, kept, labels=labels, trust_remote_code=options.trust_remote_code, task=options.task, seed=options.train.seed
+        source, kept, task, labels=labels, trust_remote_code=options.trust_remote_code, seed=options.train.seed
     )
     training = None
     if labelled:
         rate = scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
         dropout = oov_dropout(rate, kept, remap, unk_token_id(tokenizer_json))
-        training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log, dropout)
+        training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log, dropout, task)
 
     # 4-7. Rewrite the tokenizer, export, verify, and only then move the bundle into place.
     with StagedBundle(out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as work:
@@ -147,7 +159,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         tokenizer_config = pruned_tokenizer_config(source.read_tokenizer_config(), shipped_id_map, options.max_length)
         staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
         shipped_config(partial.model.config, kept if remap else None).to_json_file(str(staged.path("config.json")))
-        log(f"exporting {partial.task} to ONNX (opset {target.opset})")
+        log(f"exporting {task.name} to ONNX (opset {target.opset})")
         fp32_onnx = Path(work) / "fp32.onnx"  # the reference every later stage is checked against; shipped only by web
         export_onnx(partial.model, partial.task, target, fp32_onnx, pooling=partial.pooling)
 
@@ -159,13 +171,14 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         pruned_tokenizer.enable_truncation(options.max_length)
         parity = check_parity(
             fp32_onnx,
-            torch_reference(partial.model, partial.pooling),
+            torch_reference(partial.model, task, partial.pooling),
             pruned_tokenizer,
             summary.sample_texts,
             pad_id=_pad_id(partial.model.config),
         )
         log(f"building the {target.name} bundle: {_stage_names(target)}, each checked against the fp32 ONNX")
-        reference = onnx_reference(fp32_onnx, pruned_tokenizer, summary.sample_texts, pad_id=_pad_id(partial.model.config))
+        reference = onnx_reference(fp32_onnx, pruned_tokenizer, summary.sample_texts, pad_id=_pad_id(partial.model.config),
+                                   bound=task.quantized_bound)
         id_remap = IdRemap(remap, kept) if remap else None
         shipped = ship(target, fp32_onnx, ModelShape.from_config(partial.model.config), reference, staged, out, Path(work), log, id_remap)
         remap_manifest = id_remap.as_manifest() if id_remap else None
@@ -174,58 +187,54 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 "outputs on original ids identical to the pruned model's")
         heldout = None
         if eval_paths:
-            encoder = labels is None and partial.task != "fill-mask"
+            encoder = labels is None and task.closeness_to_full
             if encoder:
                 log("held-out: sentence vectors of the original full-vocabulary model, to compare the bundle with")
             heldout = _held_out(staged, target, out, eval_paths, labels, kept, remap, tokenizer_json, options.max_length,
                                 source if encoder else None)
-            figure = (f"cosine to the full model {heldout['cosine_to_full']['mean']:.4f} (mean), nearest-neighbour agreement "
-                      f"{heldout['nearest_neighbour_agreement']:.3f}" if encoder else f"accuracy {heldout['accuracy']}")
-            log(f"held-out ({heldout['file']}): UNK rate {heldout['unk_rate']}, {heldout['model']}: {figure}")
-        manifest = {
-            "pema_export": __version__,
-            "model": {"source": source.name, "architecture": type(partial.model).__name__, "task": partial.task},
-            "target": target.as_manifest(),
-            "tokenizer": {"family": tokenizer_family(tokenizer_json), "padding": None, "truncation": None},
-            "vocab": {
-                "original": kept.original_size,
-                "kept": kept.size,
-                "corpus_used": counts.used_ids,
-                "min_count": options.min_count,
-                "oov": oov,
-                "oov_choice": scan.oov_choice,
-                "max_vocab": scan.max_vocab,
-                "max_bytes": options.max_bytes,
-                "predicted_bytes": scan.predicted_bytes,
-                "prior": scan.prior.as_manifest(scan.detected_languages) if scan.prior else None,
-                "remap": remap_manifest,
-                "keep_tokens": len(keep_ids),
-                "coverage": scan.coverage(),
-            },
-            "params": {
-                "original": partial.original_params,
-                "exported": partial.exported_params,
-                "embedding_original": partial.original_embedding_params,
-                "embedding_exported": partial.exported_embedding_params,
-            },
-            "corpus": {"files": [p.name for p in corpus_paths], "texts": counts.texts, "tokens": counts.tokens, "labelled": labelled},
-            "training": training,
-            "heldout": heldout,
-            "parity": {
-                "texts_checked": parity.texts_checked,
-                "sample": f"all texts, or a seeded sample of {PARITY_SAMPLE}",
-                "tokenization_texts_checked": fidelity.texts_checked,
-                "tokenization_mismatches": fidelity.tokenization_mismatches,
-                "texts_with_dropped_tokens": fidelity.texts_with_dropped_tokens,
-                "max_abs_diff": parity.max_abs_diff,
-                "atol": PARITY_ATOL,
-                "outputs": list(parity.outputs),
-            },
+            figure = (f"cosine to the full model {heldout.cosine_to_full['mean']:.4f} (mean), nearest-neighbour agreement "
+                      f"{heldout.nearest_neighbour_agreement:.3f}" if encoder else f"accuracy {heldout.accuracy}")
+            log(f"held-out ({heldout.file}): UNK rate {heldout.unk_rate}, {heldout.model}: {figure}")
+        manifest = Manifest(
+            pema_export=__version__,
+            model=ModelRecord(source.name, type(partial.model).__name__, task.name),
+            target=target.as_manifest(),
+            tokenizer=TokenizerRecord(tokenizer_family(tokenizer_json)),
+            vocab=VocabRecord(
+                original=kept.original_size,
+                kept=kept.size,
+                corpus_used=counts.used_ids,
+                min_count=options.min_count,
+                oov=oov,
+                oov_choice=scan.oov_choice,
+                max_vocab=scan.max_vocab,
+                max_bytes=options.max_bytes,
+                predicted_bytes=scan.predicted_bytes,
+                prior=scan.prior.as_manifest(scan.detected_languages) if scan.prior else None,
+                policies={"remap": remap_manifest},
+                keep_tokens=len(keep_ids),
+                coverage=scan.coverage(),
+            ),
+            params=ParamsRecord(partial.original_params, partial.exported_params, partial.original_embedding_params,
+                                partial.exported_embedding_params),
+            corpus=CorpusRecord([p.name for p in corpus_paths], counts.texts, counts.tokens, labelled),
+            training=training,
+            heldout=heldout,
+            parity=ParityRecord(
+                texts_checked=parity.texts_checked,
+                sample=f"all texts, or a seeded sample of {PARITY_SAMPLE}",
+                tokenization_texts_checked=fidelity.texts_checked,
+                tokenization_mismatches=fidelity.tokenization_mismatches,
+                texts_with_dropped_tokens=fidelity.texts_with_dropped_tokens,
+                max_abs_diff=parity.max_abs_diff,
+                atol=PARITY_ATOL,
+                outputs=list(parity.outputs),
+            ),
             **shipped.manifest_fields(),
-            "files": staged.file_entries(),
-            "versions": _versions(),
-        }
-        staged.write_manifest(manifest)
+            files=staged.file_entries(),
+            versions=_versions(),
+        )
+        staged.write_manifest(manifest.to_json())
         if options.max_bytes is not None:
             _check_max_bytes(staged, options.max_bytes, scan.predicted_bytes)
         files = staged.commit()
@@ -256,7 +265,7 @@ def _labels(seen: set[str]) -> list[str]:
 
 
 def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, remap, tokenizer_json: dict, max_length: int,
-              full_model=None) -> dict:
+              full_model=None) -> HeldOutRecord:
     """UNK rate and accuracy (classifier) or, given the encoder's ``full_model`` (its source), closeness to it of the
     shipped model with the shipped tokenizer on the --eval texts, one text at a time."""
     examples = load_examples(eval_paths)
@@ -279,7 +288,7 @@ def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, re
     return report.as_manifest(eval_paths[0].name, model_name)
 
 
-def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, options: ExportOptions, log, dropout=None) -> dict:
+def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, options: ExportOptions, log, dropout, task) -> TrainingRecord:
     label2id = {label: i for i, label in enumerate(labels)}
     examples = load_examples(corpus_paths)
     if eval_paths:
@@ -303,23 +312,24 @@ def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, 
 
     train_set, eval_set = encode(train_examples), encode(eval_examples)
     log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
-    report: TrainReport = fine_tune(model, train_set, eval_set, _pad_id(model.config), options.train, dropout=dropout)
+    report: TrainReport = fine_tune(model, train_set, eval_set, _pad_id(model.config), options.train, dropout=dropout,
+                                    metric=task.metric)
     log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
-    return {
-        "epochs": report.epochs,
-        "train_size": report.train_size,
-        "eval_size": report.eval_size,
-        "eval_source": "--eval file" if eval_paths else f"stratified {options.eval_split:.0%} split of the corpus",
-        "eval_accuracy": round(report.eval_accuracy, 6),
-        "eval_accuracy_per_epoch": [round(a, 6) for a in report.eval_accuracy_per_epoch],
-        "lr": options.train.lr,
-        "batch_size": options.train.batch_size,
-        "max_length": options.max_length,
-        "seed": options.train.seed,
-        "oov_dropout": dropout.rate if dropout else 0.0,
-        "oov_dropout_substitute": dropout.substitute_name if dropout else None,
-        "labels": labels,
-    }
+    return TrainingRecord(
+        epochs=report.epochs,
+        train_size=report.train_size,
+        eval_size=report.eval_size,
+        eval_source="--eval file" if eval_paths else f"stratified {options.eval_split:.0%} split of the corpus",
+        eval_accuracy=round(report.eval_accuracy, 6),
+        eval_accuracy_per_epoch=[round(a, 6) for a in report.eval_accuracy_per_epoch],
+        lr=options.train.lr,
+        batch_size=options.train.batch_size,
+        max_length=options.max_length,
+        seed=options.train.seed,
+        oov_dropout=dropout.rate if dropout else 0.0,
+        oov_dropout_substitute=dropout.substitute_name if dropout else None,
+        labels=labels,
+    )
 
 
 def _stage_names(target) -> str:

@@ -19,6 +19,7 @@ from pema_export.oov import check_languages, detect_languages
 from pema_export.oov import prior_words as oov_prior_words
 from pema_export.oov import PriorWords
 from pema_export.profiles import Target
+from pema_export.tasks import Task, resolve_task, transformers_class
 from pema_export.tokenizers import prune_tokenizer, token_closure
 from pema_export.vocab import (
     DEFAULT_OOV,
@@ -44,6 +45,7 @@ class VocabScan:
     kept: KeptVocab
     keep_ids: set[int]
     summary: CorpusSummary
+    task: Task  # what the export makes: tasks.resolve_task on --task, the corpus's labels and the checkpoint
     prior: PriorWords | None = None
     detected_languages: dict[str, float] | None = None  # when --prior-lang was not given
     max_vocab: int | None = None  # the cap applied: --max-vocab, or the one --max-bytes chose
@@ -75,17 +77,18 @@ def scan_vocabulary(
     prior_lang: list[str] | None = None,
     max_bytes: int | None = None,
     target: Target | None = None,
-    allow_remap: bool = True,
+    task: str | None = None,
 ) -> VocabScan:
     """Stream the corpus once: count token ids, note labels, keep a seeded sample; then choose the kept ids.
 
     ``prior_words``: also keep the tokens of that many most frequent words of ``prior_lang`` (detected from the
     corpus sample when None). ``max_bytes``: the largest vocabulary, ranked by expected benefit, whose predicted
-    ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins)."""
+    ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins). ``task``: --task, when given."""
     tokenizer = open_tokenizer(tokenizer_json)
     config = source.read_config()
     summary = CorpusSummary(sample_size=sample_size, seed=seed)
     counts = count_tokens(tokenizer, summary.observe(read_corpus(corpus_paths)))
+    resolved = resolve_task(task, summary.label_kind, config.get("architectures"))
     keep_ids = read_keep_tokens(keep_tokens, tokenizer) if keep_tokens else set()
     prior = detected = None
     if prior_words:
@@ -114,17 +117,20 @@ def scan_vocabulary(
     if oov == "auto":
         if target is None:
             raise ValueError("--oov auto needs the target whose bundle it weighs")
-        if summary.num_labels and allow_remap and unk_token_id(tokenizer_json) is not None:
+        allow_remap = not resolved.vocabulary_logits
+        if resolved.trains_on(summary.label_kind) and allow_remap and unk_token_id(tokenizer_json) is not None:
             oov, dropout, oov_choice = "unk", AUTO_CLASSIFIER_DROPOUT, {
                 "requested": "auto", "chosen": "unk", "oov_dropout": AUTO_CLASSIFIER_DROPOUT,
                 "reason": f"a labelled corpus: only what it uses, fine-tuned with --oov-dropout {AUTO_CLASSIFIER_DROPOUT} "
                           "(the most held-out accuracy per byte measured, docs/oov.md)",
             }
         else:
+            # weighed as the model without the corpus's labels: both candidates would carry the same head
+            unlabelled = resolve_task(task, None, config.get("architectures"))
             oov, oov_choice = resolve_auto_oov(
-                {policy: bundle_bytes_predictor(source, tokenizer_json, None, target, policy)(choose(max_vocab, policy))
+                {policy: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target, policy)(choose(max_vocab, policy))
                  for policy in AUTO_CANDIDATES},
-                remap_allowed=bool(allow_remap),
+                remap_allowed=allow_remap,
             )
 
     predicted = None
@@ -132,10 +138,10 @@ def scan_vocabulary(
         if target is None:
             raise ValueError("max_bytes needs the target whose bundle it bounds")
         max_vocab, predicted = fit_max_bytes(
-            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, summary.num_labels, target, oov), max_vocab
+            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, oov), max_vocab
         )
     kept = choose(max_vocab)
-    return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, prior=prior,
+    return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, task=resolved, prior=prior,
                      detected_languages=detected, max_vocab=max_vocab, predicted_bytes=predicted, oov=oov, oov_choice=oov_choice,
                      oov_dropout=dropout)
 
@@ -166,7 +172,7 @@ def resolve_auto_oov(predicted: dict[str, int], remap_allowed: bool = True) -> t
     return policy, {"requested": "auto", "chosen": policy, "reason": reason, "predicted_bytes": dict(predicted)}
 
 
-def bundle_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):
+def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target, oov: str):
     """kept -> predicted sizes of the bundle ``oov`` makes. A remap bundle ships the original tokenizer and one id
     table per model file (int32 per original id) instead of the pruned tokenizer: they count as its tokenizer
     bytes, and the original tokenizer's are measured once (they do not depend on the kept ids)."""
@@ -178,14 +184,15 @@ def bundle_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int 
         remap_bytes = None
         if original_tokenizer is not None:
             remap_bytes = original_tokenizer + len(shipped_precisions(target)) * (4 * kept.original_size + REMAP_GRAPH_BYTES)
-        return predict_sizes(source, tokenizer_json, kept, num_labels, target, remap_bytes)
+        return predict_sizes(source, tokenizer_json, kept, task, num_labels, target, remap_bytes)
 
     return predict
 
 
-def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):
+def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,
+                           oov: str):
     """kept -> predicted bundle bytes (``bundle_predictor``'s total)."""
-    predict = bundle_predictor(source, tokenizer_json, num_labels, target, oov)
+    predict = bundle_predictor(source, tokenizer_json, task, num_labels, target, oov)
     return lambda kept: predict(kept).total_bytes
 
 
@@ -296,27 +303,23 @@ def shipped_precisions(target: Target) -> list[str]:
     return [target.quantize]
 
 
-def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, num_labels: int | None, target: Target,
-                  tokenizer_bytes: int | None = None) -> SizePrediction:
-    """Predict the bundle's bytes from the architecture's parameter shapes (built on the meta device: no weights
-    are read), the target's number format and graph kind; the tokenizer is pruned for real, so its bytes are exact
-    (``tokenizer_bytes``: what ships instead of the pruned tokenizer, e.g. a remap bundle's)."""
+def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, task: Task, num_labels: int | None,
+                  target: Target, tokenizer_bytes: int | None = None) -> SizePrediction:
+    """Predict the bundle's bytes from the architecture's parameter shapes (the task's ``size_class`` over
+    ``num_labels`` when the corpus gives them, built on the meta device: no weights are read), the target's number
+    format and graph kind; the tokenizer is pruned for real, so its bytes are exact (``tokenizer_bytes``: what
+    ships instead of the pruned tokenizer, e.g. a remap bundle's)."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source.path)
     config.vocab_size = kept.size
-    is_classifier = num_labels is not None or any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if num_labels is not None:
+        config.num_labels = num_labels
     with torch.device("meta"):
-        if num_labels is not None:
-            config.num_labels = num_labels
-            model = AutoModelForSequenceClassification.from_config(config)
-        elif is_classifier:
-            model = AutoModelForSequenceClassification.from_config(config)
-        else:
-            model = AutoModel.from_config(config)
+        model = transformers_class(task.size_class).from_config(config)
     # an encoder is exported for its token states (and sentence pooling): the pooler's dense layer is not in the graph
-    skip = {id(p) for name, p in model.named_parameters() if name.startswith("pooler.")} if not is_classifier else set()
+    skip = set() if task.exports_pooler else {id(p) for name, p in model.named_parameters() if name.startswith("pooler.")}
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 1)
     model_bytes = sum(
         _weight_bytes(model, precision, skip) + graph_bytes_per_layer(target, config.model_type, precision) * layers

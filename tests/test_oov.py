@@ -23,6 +23,7 @@ from pema_export.models import resolve_model
 from pema_export.pipeline import ExportOptions, run
 from pema_export.profiles import load_target
 from pema_export.scan import bundle_bytes_predictor, scan_vocabulary
+from pema_export.tasks import TASKS
 from pema_export.train import TrainOptions, drop_words, word_spans
 from pema_export.vocab import TokenCounts, choose_kept_ids, open_tokenizer, special_token_ids
 
@@ -70,7 +71,7 @@ def test_max_bytes_picks_the_largest_vocabulary_that_fits(tiny_bert, labelled_co
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     target = load_target("cpu")
     whole = scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"])
-    predict = bundle_bytes_predictor(source, tokenizer_json, 6, target, "unk")
+    predict = bundle_bytes_predictor(source, tokenizer_json, TASKS["text-classification"], 6, target, "unk")
     limit = (predict(whole.kept) + predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk").kept)) // 2
     budget = scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"],
                              max_bytes=limit, target=target)
@@ -89,7 +90,7 @@ def test_a_bundle_over_max_bytes_is_not_written(tiny_bert, labelled_corpus, tmp_
 
     source = resolve_model(str(tiny_bert))
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
-    predict = bundle_bytes_predictor(source, tokenizer_json, 6, load_target("cpu"), "unk")
+    predict = bundle_bytes_predictor(source, tokenizer_json, TASKS["text-classification"], 6, load_target("cpu"), "unk")
     smallest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk").kept)
     largest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"]).kept)
     limit, under = (smallest + largest) // 2, (largest - smallest) // 4
@@ -138,13 +139,13 @@ def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny
 
 def test_the_default_is_auto_and_the_manifest_and_scan_say_what_it_chose(tiny_bert, labelled_corpus, tmp_path):
     out = tmp_path / "app" / "model.onnx"
-    manifest = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), train=TrainOptions(epochs=1))).manifest
+    manifest = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), train=TrainOptions(epochs=1))).manifest.to_json()
     choice = manifest["vocab"]["oov_choice"]
     assert manifest["vocab"]["oov"] == choice["chosen"] == "unk" and choice["requested"] == "auto"
     assert manifest["training"]["oov_dropout"] == choice["oov_dropout"] == 0.1 and manifest["training"]["oov_dropout_substitute"] == "UNK"
     assert manifest["vocab"]["kept"] == json.loads((out.parent / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     explicit = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "b" / "model.onnx"), model=str(tiny_bert),
-                                 train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest
+                                 train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest.to_json()
     assert explicit["vocab"]["oov"] == "unk" and explicit["training"]["oov_dropout"] == 0.0  # a given rate wins
     done = run_cli("scan", "--corpus", labelled_corpus, "--model", tiny_bert)
     assert done.returncode == 0 and "--oov unk (auto: a labelled corpus" in done.stdout
@@ -191,7 +192,7 @@ def remap_bundles(tmp_path_factory, tiny_bert, heldout_file):
         out = tmp_path_factory.mktemp(f"remap-{target}") / "app" / "model.onnx"
         result = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_bert), target=target, oov="remap",
                                    eval_file=str(heldout_file), train=TrainOptions(epochs=1, oov_dropout=0.1)))
-        bundles[target] = (out.parent, result.manifest)
+        bundles[target] = (out.parent, result.manifest.to_json())
     return bundles
 
 
@@ -308,7 +309,7 @@ def test_an_encoder_is_held_to_the_full_vocabulary_model_on_held_out_text(tiny_s
     def heldout(name: str, **options) -> dict:
         out = tmp_path / name / "model.onnx"
         return run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_sentence_encoder), quantize="none",
-                                 eval_file=str(heldout_file), **options)).manifest["heldout"]
+                                 eval_file=str(heldout_file), **options)).manifest.to_json()["heldout"]
 
     full, pruned = heldout("full", keep_tokens=str(everything)), heldout("pruned", oov="unk")
     assert full["cosine_to_full"]["min"] > 0.9999 and full["nearest_neighbour_agreement"] == 1.0

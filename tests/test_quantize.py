@@ -21,7 +21,7 @@ def tiny_fp32(tmp_path_factory, tiny_bert) -> tuple[Path, int]:
     out = tmp_path_factory.mktemp("fp32") / "model.onnx"
     # fallback: the plain pruned graph, without a remap table in front (what the later stages take as input)
     result = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_bert), target="web", quantize="none", oov="fallback"))
-    return out.parent / "onnx" / "model.onnx", result.manifest["vocab"]["kept"]
+    return out.parent / "onnx" / "model.onnx", result.manifest.vocab.kept
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])
