@@ -9,7 +9,8 @@ from typing import Callable, Sequence
 
 from pema_export.errors import PemaError
 from pema_export.manifest import Manifest
-from pema_export.vocab import DEFAULT_OOV, OOV_CHOICES
+from pema_export.oov import CHOICES as OOV_CHOICES
+from pema_export.oov import DEFAULT as DEFAULT_OOV
 
 EXIT_USAGE = 2
 
@@ -214,7 +215,6 @@ def run_scan(argv: Sequence[str]) -> int:
     from pema_export.profiles import load_target
     from pema_export.scan import bundle_predictor, scan_vocabulary, unk_rate
     from pema_export.tokenizers import check_supported, prune_tokenizer
-    from pema_export.vocab import DEFAULT_OOV, OOV_CHOICES
 
     parser = argparse.ArgumentParser(prog="pema-export scan", description="Tokenize the corpus only (no training) "
                                      "and predict the kept vocabulary and the bundle's bytes for a target.")
@@ -241,7 +241,7 @@ def run_scan(argv: Sequence[str]) -> int:
     scan = scan_vocabulary(source, tokenizer_json, corpus_paths, keep_tokens=args.keep_tokens, min_count=args.min_count,
                            oov=args.oov, max_vocab=args.max_vocab, prior_words=args.prior_words,
                            prior_lang=_languages(args.prior_lang), max_bytes=_max_bytes(args.max_bytes), target=target)
-    prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.oov)(scan.kept)
+    prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.policy)(scan.kept)
     kept, original = scan.kept.size, scan.kept.original_size
     result = {
         "model": source.name,
@@ -254,8 +254,8 @@ def run_scan(argv: Sequence[str]) -> int:
                             "total": prediction.total_bytes},
     }
     if heldout_paths:
-        # a remap bundle ships the original tokenizer: its unseen pieces run as neighbours, never as UNK
-        shipped = tokenizer_json if scan.oov == "remap" else prune_tokenizer(tokenizer_json, scan.kept.kept_ids)
+        # a bundle in the original numbering ships the original tokenizer: its unseen pieces never become UNK
+        shipped = tokenizer_json if scan.policy.ships_original_numbering else prune_tokenizer(tokenizer_json, scan.kept.kept_ids)
         result["heldout_unk_rate"] = unk_rate(shipped, heldout_paths)
         result["heldout_unk_rate_full_vocab"] = unk_rate(tokenizer_json, heldout_paths)
     if args.json:

@@ -85,6 +85,18 @@ def remap_config_ids(config, kept: KeptVocab) -> None:
                 raise ModelError(f"config.json {field}={value} is not among the kept tokens") from None
 
 
+def original_numbering_config(config, kept: KeptVocab):
+    """A copy of a pruned model's config in the original numbering (remap_config_ids undone): vocab_size and the
+    special-token ids as the full model had them."""
+    original = copy.deepcopy(config)
+    original.vocab_size = kept.original_size
+    for field in CONFIG_ID_FIELDS:
+        value = getattr(original, field, None)
+        if isinstance(value, int) and 0 <= value < kept.size:
+            setattr(original, field, int(kept.kept_ids[value]))
+    return original
+
+
 def map_ids(kept: KeptVocab, ids: np.ndarray) -> np.ndarray:
     """Original ids -> new ids; a dropped id becomes the new UNK id (or fails if there is none)."""
     mapped = kept.id_map[ids]
@@ -400,12 +412,7 @@ def save_full_model(model: nn.Module, kept: KeptVocab, source: ModelSource, out_
 
     out_dir = Path(out_dir)
     check_save_full_dir(out_dir)
-    full_config = copy.deepcopy(model.config)
-    full_config.vocab_size = kept.original_size
-    for field in CONFIG_ID_FIELDS:
-        value = getattr(full_config, field, None)
-        if isinstance(value, int) and 0 <= value < kept.size:
-            setattr(full_config, field, int(kept.kept_ids[value]))
+    full_config = original_numbering_config(model.config, kept)
     with init_empty_weights():
         full = type(model)(full_config)
     wanted = _distinct_state(full)

@@ -28,12 +28,21 @@ from pema_export.manifest import (
     VocabRecord,
 )
 from pema_export.models import resolve_model
-from pema_export.oov import IdRemap, full_vocabulary_vectors, heldout_report, nearest_kept_table, oov_dropout, pretrained_embedding, shipped_config
-from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
+from pema_export.oov import DEFAULT as DEFAULT_OOV
+from pema_export.oov import POLICIES, manifest_entries
+from pema_export.oov.heldout import full_vocabulary_vectors, heldout_report
+from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, original_numbering_config, save_full_model
 from pema_export.profiles import load_target
-from pema_export.scan import original_tokenizer_json, scan_vocabulary, tokenizer_json_text
+from pema_export.scan import scan_vocabulary
 from pema_export.stages import ModelShape, check_target_output, ship, shipped_model_name
-from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, tokenizer_family
+from pema_export.tokenizers import (
+    check_supported,
+    original_tokenizer_json,
+    prune_tokenizer,
+    pruned_tokenizer_config,
+    tokenizer_family,
+    tokenizer_json_text,
+)
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
 from pema_export.train import (
     EncodedSet,
@@ -46,7 +55,8 @@ from pema_export.train import (
     word_spans,
 )
 from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, onnx_reference, torch_reference
-from pema_export.vocab import DEFAULT_OOV, KeptVocab, open_tokenizer, special_token_ids, unk_token_id
+from pema_export.tasks import TASKS
+from pema_export.vocab import KeptVocab, open_tokenizer, unk_token_id
 
 
 @dataclass(frozen=True)
@@ -91,10 +101,9 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     resolve_device(options.train.device)
     if options.save_full:
         check_save_full_dir(Path(options.save_full))
-    if options.oov == "remap" and options.task == "fill-mask":
-        raise TargetError("--oov remap cannot serve --task fill-mask: the logits are over the kept rows while a remap "
-                          "bundle's tokenizer keeps the original ids, so predictions would decode to the wrong tokens; "
-                          "use --oov fallback or unk")
+    refusal = POLICIES[options.oov].refusal(TASKS[options.task]) if options.task and options.oov in POLICIES else None
+    if refusal:
+        raise TargetError(refusal.message)
     source = resolve_model(options.model)
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     check_supported(tokenizer_json)
@@ -122,10 +131,8 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     if scan.oov_choice:
         log(f"--oov auto: {oov} ({scan.oov_choice['reason']})")
     log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
-    remap = None
-    if oov == "remap":
-        remap = nearest_kept_table(pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
-        log(f"--oov remap: {remap.remapped_ids:,} dropped ids run as their nearest kept token")
+    policy = scan.policy
+    applied = policy.apply(source, kept, tokenizer_json, log)
 
     # 3. Build the model with the partial embedding from the start, then fine-tune when labelled.
     task = scan.task
@@ -141,48 +148,49 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     training = None
     if labelled:
         rate = scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
-        dropout = oov_dropout(rate, kept, remap, unk_token_id(tokenizer_json))
+        dropout = applied.dropout(rate, kept, unk_token_id(tokenizer_json))
         training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log, dropout, task)
 
     # 4-7. Rewrite the tokenizer, export, verify, and only then move the bundle into place.
     with StagedBundle(out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as work:
         pruned_json = prune_tokenizer(tokenizer_json, kept.kept_ids)
-        # A remap bundle takes original ids (the table in the graph renumbers them), so its tokenizer and config
-        # keep the original numbering.
-        shipped_json = original_tokenizer_json(tokenizer_json) if remap else pruned_json
+        shipped_json = original_tokenizer_json(tokenizer_json) if policy.ships_original_numbering else pruned_json
         staged.path("tokenizer.json").write_text(tokenizer_json_text(shipped_json), encoding="utf-8")
         id_map = {int(old): new for new, old in enumerate(kept.kept_ids)}
-        shipped_id_map = {int(i): int(i) for i in range(kept.original_size)} if remap else id_map
+        shipped_id_map = {int(i): int(i) for i in range(kept.original_size)} if policy.ships_original_numbering else id_map
         # Runtimes that read SentencePiece files (onnxruntime-extensions) get the same vocabulary.
         for name, data in prune_sentencepiece_files(source.path, tokenizer_json, shipped_json).items():
             staged.path(name).write_bytes(data)
         tokenizer_config = pruned_tokenizer_config(source.read_tokenizer_config(), shipped_id_map, options.max_length)
         staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
-        shipped_config(partial.model.config, kept if remap else None).to_json_file(str(staged.path("config.json")))
+        config = original_numbering_config(partial.model.config, kept) if policy.ships_original_numbering else partial.model.config
+        config.to_json_file(str(staged.path("config.json")))
+        model = applied.transform_model(partial.model)
         log(f"exporting {task.name} to ONNX (opset {target.opset})")
         fp32_onnx = Path(work) / "fp32.onnx"  # the reference every later stage is checked against; shipped only by web
-        export_onnx(partial.model, partial.task, target, fp32_onnx, pooling=partial.pooling)
+        export_onnx(model, task, target, fp32_onnx, pooling=partial.pooling)
 
         log("verifying tokenization on every corpus text and outputs on a sample with onnxruntime")
-        # the checks run on the pruned vocabulary: the shipped file itself, except for a remap bundle, which ships
-        # the original tokenizer (its table is checked after ship)
-        pruned_tokenizer = open_tokenizer(pruned_json if remap else staged.path("tokenizer.json"))
+        # the checks run on the pruned vocabulary: the shipped file itself, unless the bundle keeps the original
+        # numbering (a graph stage such as remap's id table is checked on original ids in ship)
+        pruned_tokenizer = open_tokenizer(pruned_json if policy.ships_original_numbering else staged.path("tokenizer.json"))
         fidelity = check_tokenization(original_tokenizer, pruned_tokenizer, kept, (e.text for e in read_corpus(corpus_paths)))
-        pruned_tokenizer.enable_truncation(options.max_length)
+        graph_tokenizer = applied.parity_tokenizer(pruned_tokenizer, staged.path("tokenizer.json"))
+        graph_tokenizer.enable_truncation(options.max_length)
         parity = check_parity(
             fp32_onnx,
-            torch_reference(partial.model, task, partial.pooling),
-            pruned_tokenizer,
+            torch_reference(model, task, partial.pooling),
+            graph_tokenizer,
             summary.sample_texts,
-            pad_id=_pad_id(partial.model.config),
+            pad_id=_pad_id(model.config),
         )
         log(f"building the {target.name} bundle: {_stage_names(target)}, each checked against the fp32 ONNX")
-        reference = onnx_reference(fp32_onnx, pruned_tokenizer, summary.sample_texts, pad_id=_pad_id(partial.model.config),
+        reference = onnx_reference(fp32_onnx, graph_tokenizer, summary.sample_texts, pad_id=_pad_id(model.config),
                                    bound=task.quantized_bound)
-        id_remap = IdRemap(remap, kept) if remap else None
-        shipped = ship(target, fp32_onnx, ModelShape.from_config(partial.model.config), reference, staged, out, Path(work), log, id_remap)
-        remap_manifest = id_remap.as_manifest() if id_remap else None
-        if id_remap:
+        shipped = ship(target, fp32_onnx, ModelShape.from_config(model.config), reference, staged, out, Path(work), log,
+                       applied.graph_stages())
+        remap_manifest = applied.manifest_entry()
+        if remap_manifest:
             log(f"--oov remap: id table ({remap_manifest['table_bytes']:,} bytes) in {', '.join(remap_manifest['models'])}; "
                 "outputs on original ids identical to the pruned model's")
         heldout = None
@@ -190,7 +198,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
             encoder = labels is None and task.closeness_to_full
             if encoder:
                 log("held-out: sentence vectors of the original full-vocabulary model, to compare the bundle with")
-            heldout = _held_out(staged, target, out, eval_paths, labels, kept, remap, tokenizer_json, options.max_length,
+            heldout = _held_out(staged, target, out, eval_paths, labels, kept, policy, tokenizer_json, options.max_length,
                                 source if encoder else None)
             figure = (f"cosine to the full model {heldout.cosine_to_full['mean']:.4f} (mean), nearest-neighbour agreement "
                       f"{heldout.nearest_neighbour_agreement:.3f}" if encoder else f"accuracy {heldout.accuracy}")
@@ -211,7 +219,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 max_bytes=options.max_bytes,
                 predicted_bytes=scan.predicted_bytes,
                 prior=scan.prior.as_manifest(scan.detected_languages) if scan.prior else None,
-                policies={"remap": remap_manifest},
+                policies=manifest_entries(applied),
                 keep_tokens=len(keep_ids),
                 coverage=scan.coverage(),
             ),
@@ -264,7 +272,7 @@ def _labels(seen: set[str]) -> list[str]:
     return labels
 
 
-def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, remap, tokenizer_json: dict, max_length: int,
+def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, policy, tokenizer_json: dict, max_length: int,
               full_model=None) -> HeldOutRecord:
     """UNK rate and accuracy (classifier) or, given the encoder's ``full_model`` (its source), closeness to it of the
     shipped model with the shipped tokenizer on the --eval texts, one text at a time."""
@@ -272,8 +280,7 @@ def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, re
     texts = [e.text for e in examples]
     tokenizer = open_tokenizer(staged.path("tokenizer.json"))
     tokenizer.enable_truncation(max_length)
-    unk = unk_token_id(tokenizer_json)
-    unk_shipped = unk if remap or unk is None else kept.new_id(unk)
+    unk_shipped, dropped_ids = policy.heldout_ids(kept, unk_token_id(tokenizer_json))
     model_name = shipped_model_name(target, out)
     label_ids = {label: i for i, label in enumerate(labels)} if labels else None
     report = heldout_report(
@@ -282,7 +289,7 @@ def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, re
         texts,
         [label_ids[e.label] for e in examples] if label_ids else None,
         unk_id=unk_shipped,
-        dropped_ids=(kept.id_map < 0) if remap else None,
+        dropped_ids=dropped_ids,
         full_vectors=full_vocabulary_vectors(full_model, texts, max_length) if full_model else None,
     )
     return report.as_manifest(eval_paths[0].name, model_name)

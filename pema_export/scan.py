@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,19 +14,18 @@ from pema_export.corpus import CorpusSummary, batched, iter_texts, read_corpus
 from pema_export.budget import BudgetError
 from pema_export.errors import TokenizerError
 from pema_export.models import ModelSource
-from pema_export.oov import check_languages, detect_languages
-from pema_export.oov import prior_words as oov_prior_words
-from pema_export.oov import PriorWords
+from pema_export.oov import DEFAULT as DEFAULT_OOV
+from pema_export.oov import POLICIES, OovPolicy, auto, get_policy
+from pema_export.oov.prior import PriorWords, check_languages, detect_languages
+from pema_export.oov.prior import prior_words as oov_prior_words
 from pema_export.profiles import Target
 from pema_export.tasks import Task, resolve_task, transformers_class
-from pema_export.tokenizers import prune_tokenizer, token_closure
+from pema_export.tokenizers import prune_tokenizer, token_closure, tokenizer_json_text
 from pema_export.vocab import (
-    DEFAULT_OOV,
     KeptVocab,
     TokenCounts,
     choose_kept_ids,
     count_tokens,
-    oov_token_ids,
     open_tokenizer,
     read_keep_tokens,
     special_token_ids,
@@ -53,6 +51,10 @@ class VocabScan:
     oov: str = DEFAULT_OOV  # the policy applied: --oov as given, or what "auto" resolved to
     oov_choice: dict | None = None  # under --oov auto: what it chose, why, and the predicted bytes it weighed
     oov_dropout: float = 0.0  # the --oov-dropout that goes with the policy when --oov-dropout is not given
+
+    @property
+    def policy(self) -> OovPolicy:
+        return POLICIES[self.oov]
 
     def coverage(self, points: int = COVERAGE_POINTS) -> list[list[float]]:
         """[vocabulary size, share of corpus tokens covered] keeping the most frequent tokens first."""
@@ -107,38 +109,32 @@ def scan_vocabulary(
             keep_ids=keep_ids,
             min_count=min_count,
             original_size=config.get("vocab_size"),
-            policy_ids=oov_token_ids(tokenizer_json, policy or oov),
+            policy_ids=get_policy(policy or oov).policy_ids(tokenizer_json),
             closure=token_closure(tokenizer_json),
             max_vocab=cap,
             prior_share=None if prior is None else prior.token_share,
         )
 
     oov_choice, dropout = None, 0.0
-    if oov == "auto":
+    if oov == auto.NAME:
         if target is None:
             raise ValueError("--oov auto needs the target whose bundle it weighs")
-        allow_remap = not resolved.vocabulary_logits
-        if resolved.trains_on(summary.label_kind) and allow_remap and unk_token_id(tokenizer_json) is not None:
-            oov, dropout, oov_choice = "unk", AUTO_CLASSIFIER_DROPOUT, {
-                "requested": "auto", "chosen": "unk", "oov_dropout": AUTO_CLASSIFIER_DROPOUT,
-                "reason": f"a labelled corpus: only what it uses, fine-tuned with --oov-dropout {AUTO_CLASSIFIER_DROPOUT} "
-                          "(the most held-out accuracy per byte measured, docs/oov.md)",
-            }
-        else:
-            # weighed as the model without the corpus's labels: both candidates would carry the same head
-            unlabelled = resolve_task(task, None, config.get("architectures"))
-            oov, oov_choice = resolve_auto_oov(
-                {policy: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target, policy)(choose(max_vocab, policy))
-                 for policy in AUTO_CANDIDATES},
-                remap_allowed=allow_remap,
-            )
+        # the candidates are weighed as the model without the corpus's labels: both would carry the same head
+        unlabelled = resolve_task(task, None, config.get("architectures"))
+        oov, dropout, oov_choice = auto.choose(
+            resolved.trains_on(summary.label_kind),
+            unk_token_id(tokenizer_json) is not None,
+            {name: POLICIES[name].refusal(resolved) for name in auto.CANDIDATES},
+            lambda name: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target, POLICIES[name])(choose(max_vocab, name)),
+        )
 
     predicted = None
     if max_bytes is not None:
         if target is None:
             raise ValueError("max_bytes needs the target whose bundle it bounds")
         max_vocab, predicted = fit_max_bytes(
-            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, oov), max_vocab
+            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, get_policy(oov)),
+            max_vocab,
         )
     kept = choose(max_vocab)
     return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, task=resolved, prior=prior,
@@ -146,60 +142,26 @@ def scan_vocabulary(
                      oov_dropout=dropout)
 
 
-# --oov auto, from benchmarks/oov_accuracy.py and the encoder table in docs/oov.md:
-# - a labelled corpus (a classifier to fine-tune) keeps only what it uses and trains with this word dropout to UNK:
-#   held-out accuracy 0.6 points under the full vocabulary at 0.50x its bytes (median of 3 seeds), ahead of
-#   fallback and remap on every seed;
-# - otherwise (an encoder, exported as pretrained) remap and fallback are weighed by the bundle bytes each would
-#   make: remap kept sentence vectors closer to the full model's (mean cosine 0.75 vs 0.63 on text unlike the
-#   corpus) at +0.2% bytes, and is chosen unless its bundle is more than AUTO_REMAP_MAX_GROWTH larger (the original
-#   tokenizer it ships is ~17 MB for a 250k vocabulary).
-AUTO_CLASSIFIER_DROPOUT = 0.1
-AUTO_CANDIDATES = ("remap", "fallback")
-AUTO_REMAP_MAX_GROWTH = 0.02
-
-
-def resolve_auto_oov(predicted: dict[str, int], remap_allowed: bool = True) -> tuple[str, dict]:
-    """(policy, record for the manifest) from each candidate's predicted bundle bytes."""
-    growth = predicted["remap"] / predicted["fallback"] - 1
-    if not remap_allowed:
-        policy, reason = "fallback", "remap is not available for this task (fill-mask logits are over the kept rows)"
-    elif predicted["remap"] <= predicted["fallback"] * (1 + AUTO_REMAP_MAX_GROWTH) + 1e-6:
-        policy, reason = "remap", f"remap's bundle is {growth:+.1%} against fallback's (at most {AUTO_REMAP_MAX_GROWTH:+.0%})"
-    else:
-        policy, reason = "fallback", (f"remap's bundle would be {growth:+.1%} against fallback's (more than "
-                                      f"{AUTO_REMAP_MAX_GROWTH:+.0%}: the original tokenizer and id table cost too much)")
-    return policy, {"requested": "auto", "chosen": policy, "reason": reason, "predicted_bytes": dict(predicted)}
-
-
-def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target, oov: str):
-    """kept -> predicted sizes of the bundle ``oov`` makes. A remap bundle ships the original tokenizer and one id
-    table per model file (int32 per original id) instead of the pruned tokenizer: they count as its tokenizer
-    bytes, and the original tokenizer's are measured once (they do not depend on the kept ids)."""
-    original_tokenizer = None
-    if oov == "remap":
-        original_tokenizer = len(tokenizer_json_text(original_tokenizer_json(tokenizer_json)).encode("utf-8"))
+def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,
+                     policy: OovPolicy):
+    """kept -> predicted sizes of the bundle ``policy`` makes (what it ships instead of the pruned tokenizer counts
+    as its tokenizer bytes)."""
+    policy_bytes = policy.tokenizer_bytes_predictor(tokenizer_json)
 
     def predict(kept: KeptVocab) -> SizePrediction:
-        remap_bytes = None
-        if original_tokenizer is not None:
-            remap_bytes = original_tokenizer + len(shipped_precisions(target)) * (4 * kept.original_size + REMAP_GRAPH_BYTES)
-        return predict_sizes(source, tokenizer_json, kept, task, num_labels, target, remap_bytes)
+        tokenizer_bytes = None
+        if policy_bytes is not None:
+            tokenizer_bytes = policy_bytes(kept, len(shipped_precisions(target)))
+        return predict_sizes(source, tokenizer_json, kept, task, num_labels, target, tokenizer_bytes)
 
     return predict
 
 
 def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,
-                           oov: str):
+                           policy: OovPolicy):
     """kept -> predicted bundle bytes (``bundle_predictor``'s total)."""
-    predict = bundle_predictor(source, tokenizer_json, task, num_labels, target, oov)
+    predict = bundle_predictor(source, tokenizer_json, task, num_labels, target, policy)
     return lambda kept: predict(kept).total_bytes
-
-
-def original_tokenizer_json(tokenizer_json: dict) -> dict:
-    """The tokenizer a remap bundle ships: every id as it was, only the baked-in padding/truncation removed."""
-    vocab_ids = sorted(open_tokenizer(tokenizer_json).get_vocab(with_added_tokens=True).values())
-    return prune_tokenizer(tokenizer_json, np.asarray(vocab_ids, dtype=np.int64))
 
 
 def fit_max_bytes(max_bytes: int, choose, predict, max_vocab: int | None = None) -> tuple[int | None, int]:
@@ -283,10 +245,6 @@ GRAPH_BYTES_PER_LAYER = {
     ("ort", "plain", "none"): 30_000,
     ("ort", "plain", "int8"): 41_500,
 }
-# The --oov remap table's two nodes (Gather, Cast) and names, besides its 4 bytes per original id.
-REMAP_GRAPH_BYTES = 300
-
-
 def graph_bytes_per_layer(target: Target, model_type: str, precision: str) -> int:
     from pema_export.optimize import FUSION_MODEL_TYPES
 
@@ -352,8 +310,3 @@ def _weight_bytes(model, quantize: str, skip: set[int] = frozenset()) -> int:
         else:
             total += parameter.numel() * 4
     return total
-
-
-def tokenizer_json_text(data: dict) -> str:
-    """The one way a tokenizer.json is serialized, so predicted and written bytes agree."""
-    return json.dumps(data, ensure_ascii=False, indent=2)

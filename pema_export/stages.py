@@ -19,7 +19,6 @@ from typing import Callable
 
 from pema_export.bundle import StagedBundle
 from pema_export.errors import OutputError
-from pema_export.oov import IdRemap
 from pema_export.optimize import optimize_onnx
 from pema_export.ort_format import convert_to_ort, mobile_usability, ort_embedding_bytes
 from pema_export.profiles import Target
@@ -87,12 +86,13 @@ def ship(
     out: Path,
     work: Path,
     log: Callable[[str], None] = lambda message: None,
-    remap: IdRemap | None = None,
+    graph_stages: tuple = (),
 ) -> Shipped:
     """Run the target's stages on ``fp32`` (scratch files in ``work``), verify each, and stage the shipped files.
 
-    ``remap`` (``--oov remap``) goes into each model as it is placed, after its own check on pruned ids; for the
-    ORT format before conversion, so the .ort file carries the table and its check runs on original ids."""
+    ``graph_stages`` (an OOV policy's, e.g. remap's id table) go into each model as it is placed, after its own
+    check on pruned ids; for the ORT format before conversion, so the .ort file carries them and its check runs on
+    the ids they take."""
     shipped = Shipped()
     fp32_embedding = embedding_bytes(fp32, shape.vocab_size)
     shipped.stages.append({"stage": "export", "precision": "fp32", "embedding": fp32_embedding.as_manifest()})
@@ -109,8 +109,8 @@ def ship(
 
     if target.format == "transformers.js":
         _place(current, staged, WEB_MODEL)
-        if remap:
-            remap.apply(staged.path(WEB_MODEL), WEB_MODEL, reference, work)
+        for stage in graph_stages:
+            stage.apply(staged.path(WEB_MODEL), WEB_MODEL, reference, work)
         shipped.embedding_bytes[WEB_MODEL] = shipped.embedding_bytes["fp32"]
 
     if target.quantize != "none":
@@ -124,16 +124,16 @@ def ship(
         shipped.stages.append({"stage": f"quantize {precision}", **report.as_manifest(), "check": check.as_manifest()})
         if name:
             shipped.embedding_bytes[name] = {"dtype": report.embedding.dtype, "bytes": report.embedding.bytes}
-            if remap:
-                remap.apply(quantized, name, reference, work)
+            for stage in graph_stages:
+                stage.apply(quantized, name, reference, work)
         current = quantized
 
     if target.format == "ort":
         ort_name = shipped_model_name(target, out)
-        if remap:
+        for stage in graph_stages:
             remapped = work / "remapped.onnx"
             shutil.copyfile(current, remapped)
-            reference = remap.apply(remapped, ort_name, reference, work)
+            reference = stage.apply(remapped, ort_name, reference, work)
             current = remapped
         shipped.mobile = {"usability": mobile_usability(current, target.guidance)}
         ort_path = staged.path(ort_name)
@@ -145,8 +145,8 @@ def ship(
         shipped.embedding_bytes[ort_path.name] = {"dtype": dtype, "bytes": size}
     elif target.format == "onnx":
         _place(current, staged, out.name)
-        if remap:
-            remap.apply(staged.path(out.name), out.name, reference, work)
+        for stage in graph_stages:
+            stage.apply(staged.path(out.name), out.name, reference, work)
         final = embedding_bytes(staged.path(out.name), shape.vocab_size)
         shipped.embedding_bytes[out.name] = {"dtype": final.dtype, "bytes": final.bytes}
     return shipped

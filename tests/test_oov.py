@@ -16,7 +16,9 @@ import pytest
 from onnx import numpy_helper
 
 from conftest import REPO, SAMPLES, run_cli, sample_head
-from pema_export import oov
+from pema_export.oov import POLICIES
+from pema_export.oov import prior as oov_prior
+from pema_export.oov import remap as oov_remap
 from pema_export.budget import BudgetError
 from pema_export.errors import TokenizerError
 from pema_export.models import resolve_model
@@ -38,22 +40,22 @@ def minilm_tokenizer_json():
 def test_the_corpus_language_is_detected_per_text():
     english = [line.split("\t", 1)[1] for line in (SAMPLES / "app_texts.txt").read_text(encoding="utf-8").splitlines()[:60]]
     german = ["Wo ist meine Bestellung, sie sollte schon längst da sein", "Ich möchte mein Geld zurück, das Essen war kalt"] * 10
-    assert list(oov.detect_languages(english)) == ["en"]
-    assert list(oov.detect_languages(german)) == ["de"]
+    assert list(oov_prior.detect_languages(english)) == ["en"]
+    assert list(oov_prior.detect_languages(german)) == ["de"]
     # a few stray texts in another language do not buy that language a prior
-    assert list(oov.detect_languages(english + german[:6])) == ["en"]
-    assert set(oov.detect_languages(english[:20] + german)) == {"en", "de"}
+    assert list(oov_prior.detect_languages(english + german[:6])) == ["en"]
+    assert set(oov_prior.detect_languages(english[:20] + german)) == {"en", "de"}
 
 
 def test_prior_words_are_the_model_tokenizers_tokens_of_common_words(minilm_tokenizer_json):
     tokenizer = open_tokenizer(minilm_tokenizer_json)
-    prior = oov.prior_words(tokenizer, ["en"], 2000, tokenizer.get_vocab_size())
+    prior = oov_prior.prior_words(tokenizer, ["en"], 2000, tokenizer.get_vocab_size())
     vocab = tokenizer.get_vocab()
     assert {vocab["the"], vocab["because"], vocab["yesterday"]} <= prior.ids
     assert vocab["helicopter"] not in prior.ids  # a real word, but not among the 2,000 most frequent
     assert prior.token_share[vocab["the"]] > prior.token_share[vocab["because"]] > 0
     assert prior.token_share.sum() == pytest.approx(1.0)
-    assert oov.prior_words(tokenizer, ["en"], 20000, tokenizer.get_vocab_size()).ids > prior.ids
+    assert oov_prior.prior_words(tokenizer, ["en"], 20000, tokenizer.get_vocab_size()).ids > prior.ids
 
 
 def test_the_budget_keeps_corpus_tokens_first_then_prior_tokens_by_frequency():
@@ -71,7 +73,7 @@ def test_max_bytes_picks_the_largest_vocabulary_that_fits(tiny_bert, labelled_co
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     target = load_target("cpu")
     whole = scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"])
-    predict = bundle_bytes_predictor(source, tokenizer_json, TASKS["text-classification"], 6, target, "unk")
+    predict = bundle_bytes_predictor(source, tokenizer_json, TASKS["text-classification"], 6, target, POLICIES["unk"])
     limit = (predict(whole.kept) + predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk").kept)) // 2
     budget = scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"],
                              max_bytes=limit, target=target)
@@ -90,7 +92,7 @@ def test_a_bundle_over_max_bytes_is_not_written(tiny_bert, labelled_corpus, tmp_
 
     source = resolve_model(str(tiny_bert))
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
-    predict = bundle_bytes_predictor(source, tokenizer_json, TASKS["text-classification"], 6, load_target("cpu"), "unk")
+    predict = bundle_bytes_predictor(source, tokenizer_json, TASKS["text-classification"], 6, load_target("cpu"), POLICIES["unk"])
     smallest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk").kept)
     largest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"]).kept)
     limit, under = (smallest + largest) // 2, (largest - smallest) // 4
@@ -107,12 +109,12 @@ def test_a_bundle_over_max_bytes_is_not_written(tiny_bert, labelled_corpus, tmp_
 
 
 def test_auto_takes_remap_unless_its_bundle_grows_more_than_two_percent():
-    from pema_export.scan import resolve_auto_oov
+    from pema_export.oov.auto import resolve_auto_oov
 
     assert resolve_auto_oov({"remap": 102, "fallback": 100})[0] == "remap"
     policy, record = resolve_auto_oov({"remap": 103, "fallback": 100})
     assert policy == "fallback" and "+3.0%" in record["reason"] and record["predicted_bytes"] == {"remap": 103, "fallback": 100}
-    assert resolve_auto_oov({"remap": 90, "fallback": 100}, remap_allowed=False)[0] == "fallback"
+    assert resolve_auto_oov({"remap": 90, "fallback": 100}, unavailable="fill-mask logits are over the kept rows")[0] == "fallback"
 
 
 def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny_bert, labelled_corpus, tmp_path):
@@ -156,7 +158,7 @@ def test_nearest_kept_table_maps_dropped_ids_to_the_closest_non_special_kept_row
     embedding = rng.normal(size=(40, 8)).astype(np.float32)
     counts = TokenCounts(counts=np.r_[np.zeros(2), np.ones(10), np.zeros(28)].astype(np.int64), texts=1)
     kept = choose_kept_ids(counts, {0, 1}, unk_id=1)
-    tables = oov.nearest_kept_table(embedding, kept, {0, 1})
+    tables = oov_remap.nearest_kept_table(embedding, kept, {0, 1})
     unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
     candidates = np.arange(2, 12)
     for old in range(40):
@@ -206,7 +208,7 @@ def test_a_remap_bundle_ships_the_original_tokenizer_and_an_exact_id_table(remap
     texts = UNSEEN + [line.split("\t", 1)[1] for line in (SAMPLES / "heldout.txt").read_text(encoding="utf-8").splitlines()[:20]]
     assert [e.ids for e in round_trip.encode_batch(texts)] == [e.ids for e in original.encode_batch(texts)]
     graph = onnx.load(str(bundle / "model.onnx")).graph
-    table = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == oov.ID_MAP_NAME)
+    table = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == oov_remap.ID_MAP_NAME)
     config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
     assert table.dtype == np.int32 and len(table) == original.get_vocab_size() == config["vocab_size"]
     kept_rows = manifest["vocab"]["kept"]
@@ -221,13 +223,13 @@ def test_a_remap_bundle_runs_original_ids_as_their_nearest_kept_rows(remap_bundl
     bundle, _ = remap_bundles["web"]
     tokenizer = open_tokenizer(bundle / "tokenizer.json")
     model = onnx.load(str(bundle / "onnx/model.onnx"))
-    table = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == oov.ID_MAP_NAME).astype(np.int64)
+    table = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == oov_remap.ID_MAP_NAME).astype(np.int64)
     # the same graph without the table, fed the table's ids by hand, must answer identically
     plain = onnx.load(str(bundle / "onnx/model.onnx"))
     del plain.graph.node[:2]
     for node in plain.graph.node:
         node.input[:] = ["input_ids" if name == "input_ids_pruned" else name for name in node.input]
-    plain.graph.initializer.remove(next(t for t in plain.graph.initializer if t.name == oov.ID_MAP_NAME))
+    plain.graph.initializer.remove(next(t for t in plain.graph.initializer if t.name == oov_remap.ID_MAP_NAME))
     with_table = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     by_hand = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
     for text in UNSEEN:
@@ -248,7 +250,7 @@ def test_an_unseen_token_runs_exactly_as_its_nearest_kept_token(remap_bundles, t
     source = resolve_model(str(tiny_bert))
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     kept = scan_vocabulary(source, tokenizer_json, [remap_bundles["corpus"]], oov="remap").kept
-    tables = oov.nearest_kept_table(oov.pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
+    tables = oov_remap.nearest_kept_table(oov_remap.pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
     assert manifest["vocab"]["kept"] == kept.size and manifest["vocab"]["remap"]["remapped_ids"] == tables.remapped_ids
     session = ort.InferenceSession(str(bundle / model_name), providers=["CPUExecutionProvider"])
     tokenizer = open_tokenizer(bundle / "tokenizer.json")
