@@ -34,7 +34,8 @@ from pema_export.oov.heldout import full_vocabulary_vectors, heldout_report
 from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, original_numbering_config, save_full_model
 from pema_export.profiles import load_target
 from pema_export.scan import scan_vocabulary
-from pema_export.stages import ModelShape, check_target_output, ship, shipped_model_name
+from pema_export.stages import ModelShape, ship, stage_names
+from pema_export.stages.formats import format_of
 from pema_export.tokenizers import (
     check_supported,
     original_tokenizer_json,
@@ -95,7 +96,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     target = load_target(options.target, quantize=options.quantize)
     out = Path(options.out)
     check_output_path(out)
-    check_target_output(target, out)
+    format_of(target).check_out(target.name, out)
     corpus_paths = check_corpus_paths(options.corpus)
     eval_paths = check_corpus_paths([options.eval_file]) if options.eval_file else []
     resolve_device(options.train.device)
@@ -184,15 +185,11 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
             summary.sample_texts,
             pad_id=_pad_id(model.config),
         )
-        log(f"building the {target.name} bundle: {_stage_names(target)}, each checked against the fp32 ONNX")
+        log(f"building the {target.name} bundle: {stage_names(target)}, each checked against the fp32 ONNX")
         reference = onnx_reference(fp32_onnx, graph_tokenizer, summary.sample_texts, pad_id=_pad_id(model.config),
                                    bound=task.quantized_bound)
         shipped = ship(target, fp32_onnx, ModelShape.from_config(model.config), reference, staged, out, Path(work), log,
                        applied.graph_stages())
-        remap_manifest = applied.manifest_entry()
-        if remap_manifest:
-            log(f"--oov remap: id table ({remap_manifest['table_bytes']:,} bytes) in {', '.join(remap_manifest['models'])}; "
-                "outputs on original ids identical to the pruned model's")
         heldout = None
         if eval_paths:
             encoder = labels is None and task.closeness_to_full
@@ -238,7 +235,9 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
                 atol=PARITY_ATOL,
                 outputs=list(parity.outputs),
             ),
-            **shipped.manifest_fields(),
+            stages=shipped.stages,
+            embedding_bytes=shipped.embedding_bytes,
+            mobile=shipped.mobile,
             files=staged.file_entries(),
             versions=_versions(),
         )
@@ -281,7 +280,7 @@ def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, po
     tokenizer = open_tokenizer(staged.path("tokenizer.json"))
     tokenizer.enable_truncation(max_length)
     unk_shipped, dropped_ids = policy.heldout_ids(kept, unk_token_id(tokenizer_json))
-    model_name = shipped_model_name(target, out)
+    model_name = format_of(target).loaded_name(out)
     label_ids = {label: i for i, label in enumerate(labels)} if labels else None
     report = heldout_report(
         staged.path(model_name),
@@ -337,11 +336,6 @@ def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, 
         oov_dropout_substitute=dropout.substitute_name if dropout else None,
         labels=labels,
     )
-
-
-def _stage_names(target) -> str:
-    names = ["optimize"] * target.optimize + [f"quantize {target.quantize}"] * (target.quantize != "none")
-    return " -> ".join(names + ["convert to ORT"] * (target.format == "ort")) or "fp32 as exported"
 
 
 def _pad_id(config) -> int:

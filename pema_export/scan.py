@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from pema_export.oov import POLICIES, OovPolicy, auto, get_policy
 from pema_export.oov.prior import PriorWords, check_languages, detect_languages
 from pema_export.oov.prior import prior_words as oov_prior_words
 from pema_export.profiles import Target
+from pema_export.stages import graph_bytes_per_layer, predicted_model_files
+from pema_export.stages.formats import format_of
+from pema_export.stages.quantize import weight_bytes
 from pema_export.tasks import Task, resolve_task, transformers_class
 from pema_export.tokenizers import prune_tokenizer, token_closure, tokenizer_json_text
 from pema_export.vocab import (
@@ -147,14 +151,7 @@ def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_
     """kept -> predicted sizes of the bundle ``policy`` makes (what it ships instead of the pruned tokenizer counts
     as its tokenizer bytes)."""
     policy_bytes = policy.tokenizer_bytes_predictor(tokenizer_json)
-
-    def predict(kept: KeptVocab) -> SizePrediction:
-        tokenizer_bytes = None
-        if policy_bytes is not None:
-            tokenizer_bytes = policy_bytes(kept, len(shipped_precisions(target)))
-        return predict_sizes(source, tokenizer_json, kept, task, num_labels, target, tokenizer_bytes)
-
-    return predict
+    return lambda kept: predict_sizes(source, tokenizer_json, kept, task, num_labels, target, policy_bytes)
 
 
 def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,
@@ -228,45 +225,13 @@ class SizePrediction:
         return self.model_bytes + self.tokenizer_bytes + self.other_bytes
 
 
-# Bytes a bundle carries besides weights and tokenizer: config.json, tokenizer_config.json and the manifest; the
-# ORT formats add required_operators_and_types.config and the manifest's mobile section. Measured on MiniLM
-# bundles (classifier and sentence encoder): at most 6.5 kB for .onnx bundles, 17.4 kB for .ort ones.
-METADATA_BYTES = {"onnx": 6_600, "transformers.js": 6_600, "ort": 17_500}
-# Graph structure per transformer layer (nodes, names, quantization scales: everything in the model file that is
-# not a weight), by graph kind and number format, from the same bundles (file bytes minus predicted weight bytes,
-# over 6 layers; the larger of classifier and encoder). "fused": onnxruntime's transformer fusions applied.
-GRAPH_BYTES_PER_LAYER = {
-    ("onnx", "fused", "none"): 3_000,
-    ("onnx", "fused", "fp16"): 3_000,
-    ("onnx", "fused", "int8"): 8_500,
-    ("onnx", "plain", "none"): 18_500,
-    ("onnx", "plain", "fp16"): 18_500,
-    ("onnx", "plain", "int8"): 34_000,
-    ("ort", "plain", "none"): 30_000,
-    ("ort", "plain", "int8"): 41_500,
-}
-def graph_bytes_per_layer(target: Target, model_type: str, precision: str) -> int:
-    from pema_export.optimize import FUSION_MODEL_TYPES
-
-    file_format = "ort" if target.format == "ort" else "onnx"
-    kind = "fused" if target.optimize and model_type in FUSION_MODEL_TYPES else "plain"
-    # an ORT file from a fused graph is not measured: the plain one is the larger, so the prediction stays above
-    return GRAPH_BYTES_PER_LAYER.get((file_format, kind, precision)) or GRAPH_BYTES_PER_LAYER[(file_format, "plain", precision)]
-
-
-def shipped_precisions(target: Target) -> list[str]:
-    """One number format per shipped model file: the web layout ships the fp32 graph beside the quantized one."""
-    if target.format == "transformers.js" and target.quantize != "none":
-        return ["none", target.quantize]
-    return [target.quantize]
-
-
 def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, task: Task, num_labels: int | None,
-                  target: Target, tokenizer_bytes: int | None = None) -> SizePrediction:
+                  target: Target, policy_bytes: Callable[[KeptVocab, int], int] | None = None) -> SizePrediction:
     """Predict the bundle's bytes from the architecture's parameter shapes (the task's ``size_class`` over
-    ``num_labels`` when the corpus gives them, built on the meta device: no weights are read), the target's number
-    format and graph kind; the tokenizer is pruned for real, so its bytes are exact (``tokenizer_bytes``: what
-    ships instead of the pruned tokenizer, e.g. a remap bundle's)."""
+    ``num_labels`` when the corpus gives them, built on the meta device: no weights are read) and the model files
+    the target's stages ship (their number formats and graph kinds); the tokenizer is pruned for real, so its bytes
+    are exact. ``policy_bytes`` (an OOV policy's tokenizer_bytes_predictor): what ships instead of the pruned
+    tokenizer, given the kept ids and the number of model files."""
     import torch
     from transformers import AutoConfig
 
@@ -279,34 +244,10 @@ def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, ta
     # an encoder is exported for its token states (and sentence pooling): the pooler's dense layer is not in the graph
     skip = set() if task.exports_pooler else {id(p) for name, p in model.named_parameters() if name.startswith("pooler.")}
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 1)
-    model_bytes = sum(
-        _weight_bytes(model, precision, skip) + graph_bytes_per_layer(target, config.model_type, precision) * layers
-        for precision in shipped_precisions(target)
-    )
-    if tokenizer_bytes is None:
+    graphs = predicted_model_files(target, config.model_type)
+    model_bytes = sum(weight_bytes(model, graph.precision, skip) + graph_bytes_per_layer(graph) * layers for graph in graphs)
+    if policy_bytes is not None:
+        tokenizer_bytes = policy_bytes(kept, len(graphs))
+    else:
         tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
-    return SizePrediction(
-        model_bytes=model_bytes,
-        tokenizer_bytes=tokenizer_bytes,
-        other_bytes=METADATA_BYTES.get(target.format, max(METADATA_BYTES.values())),
-    )
-
-
-def _weight_bytes(model, quantize: str, skip: set[int] = frozenset()) -> int:
-    from torch import nn
-
-    # int8 (quantize.py) stores Linear weights (MatMul) as int8 with a scale and zero point per output channel, and
-    # embedding tables (Gather) as uint8 with one scale and zero point; everything else stays fp32.
-    linear = {id(m.weight): m.weight.shape[0] for m in model.modules() if isinstance(m, nn.Linear)}
-    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    total = 0
-    for parameter in {id(p): p for p in model.parameters() if id(p) not in skip}.values():
-        if quantize == "int8" and id(parameter) in linear:
-            total += parameter.numel() + 5 * linear[id(parameter)]
-        elif quantize == "int8" and id(parameter) in embedding:
-            total += parameter.numel() + 5
-        elif quantize == "fp16":
-            total += parameter.numel() * 2
-        else:
-            total += parameter.numel() * 4
-    return total
+    return SizePrediction(model_bytes=model_bytes, tokenizer_bytes=tokenizer_bytes, other_bytes=format_of(target).metadata_bytes)

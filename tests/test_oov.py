@@ -25,6 +25,7 @@ from pema_export.models import resolve_model
 from pema_export.pipeline import ExportOptions, run
 from pema_export.profiles import load_target
 from pema_export.scan import bundle_bytes_predictor, scan_vocabulary
+from pema_export.stages.id_table import ID_MAP_NAME
 from pema_export.tasks import TASKS
 from pema_export.train import TrainOptions, drop_words, word_spans
 from pema_export.vocab import TokenCounts, choose_kept_ids, open_tokenizer, special_token_ids
@@ -208,7 +209,7 @@ def test_a_remap_bundle_ships_the_original_tokenizer_and_an_exact_id_table(remap
     texts = UNSEEN + [line.split("\t", 1)[1] for line in (SAMPLES / "heldout.txt").read_text(encoding="utf-8").splitlines()[:20]]
     assert [e.ids for e in round_trip.encode_batch(texts)] == [e.ids for e in original.encode_batch(texts)]
     graph = onnx.load(str(bundle / "model.onnx")).graph
-    table = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == oov_remap.ID_MAP_NAME)
+    table = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == ID_MAP_NAME)
     config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
     assert table.dtype == np.int32 and len(table) == original.get_vocab_size() == config["vocab_size"]
     kept_rows = manifest["vocab"]["kept"]
@@ -223,13 +224,13 @@ def test_a_remap_bundle_runs_original_ids_as_their_nearest_kept_rows(remap_bundl
     bundle, _ = remap_bundles["web"]
     tokenizer = open_tokenizer(bundle / "tokenizer.json")
     model = onnx.load(str(bundle / "onnx/model.onnx"))
-    table = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == oov_remap.ID_MAP_NAME).astype(np.int64)
+    table = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == ID_MAP_NAME).astype(np.int64)
     # the same graph without the table, fed the table's ids by hand, must answer identically
     plain = onnx.load(str(bundle / "onnx/model.onnx"))
     del plain.graph.node[:2]
     for node in plain.graph.node:
         node.input[:] = ["input_ids" if name == "input_ids_pruned" else name for name in node.input]
-    plain.graph.initializer.remove(next(t for t in plain.graph.initializer if t.name == oov_remap.ID_MAP_NAME))
+    plain.graph.initializer.remove(next(t for t in plain.graph.initializer if t.name == ID_MAP_NAME))
     with_table = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     by_hand = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
     for text in UNSEEN:

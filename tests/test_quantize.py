@@ -8,10 +8,10 @@ import onnx
 import pytest
 
 from conftest import sample_head
-from pema_export.optimize import optimize_onnx
-from pema_export.ort_format import convert_to_ort, ort_embedding_bytes
 from pema_export.pipeline import ExportOptions, run
-from pema_export.quantize import embedding_bytes, quantize_model
+from pema_export.stages.optimize import optimize_onnx
+from pema_export.stages.ort_format import convert_to_ort, ort_embedding_bytes
+from pema_export.stages.quantize import embedding_bytes, quantize_model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import sample_head
-from pema_export import quantize as quantize_module
+from pema_export.stages import quantize as quantize_module
 from pema_export.bundle import MANIFEST_NAME
 from pema_export.cli import main
 from pema_export.errors import TargetError, VerificationError

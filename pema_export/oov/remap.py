@@ -1,27 +1,23 @@
 """``--oov remap``: keep only what the corpus uses, ship the original tokenizer, and run each dropped token as the
 kept token whose pretrained embedding is closest.
 
-``nearest_kept_table`` maps every original id to that token; ``prepend_id_remap`` puts the table in the graph in
-front of everything that reads ``input_ids`` (one int32 per original id), as a stage of ``stages.ship``. Aliases in
-tokenizer.json cannot do it instead: they do not survive a ``tokenizers`` save/load, nor work for BPE or Unigram.
+``nearest_kept_table`` maps every original id to that token; the policy's graph stage (stages/id_table.py) puts
+the table in front of everything that reads ``input_ids`` (one int32 per original id). Aliases in tokenizer.json
+cannot do it instead: they do not survive a ``tokenizers`` save/load, nor work for BPE or Unigram.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 
-from pema_export.errors import ModelError, VerificationError
+from pema_export.errors import ModelError
 from pema_export.oov import AppliedPolicy, OovDropout, OovPolicy, Refusal, checked_dropout_rate
+from pema_export.stages import id_table
 from pema_export.tokenizers import original_tokenizer_json, tokenizer_json_text
 from pema_export.vocab import special_token_ids
-
-ID_MAP_NAME = "pema_id_map"
-# The id table's two nodes (Gather, Cast) and names, besides its 4 bytes per original id.
-ID_TABLE_GRAPH_BYTES = 300
 
 
 class Remap(OovPolicy):
@@ -42,18 +38,18 @@ class Remap(OovPolicy):
     def tokenizer_bytes_predictor(self, tokenizer_json: dict) -> Callable[[object, int], int]:
         """The original tokenizer (measured once: it does not depend on the kept ids) and one id table per model file."""
         original = len(tokenizer_json_text(original_tokenizer_json(tokenizer_json)).encode("utf-8"))
-        return lambda kept, model_files: original + model_files * (4 * kept.original_size + ID_TABLE_GRAPH_BYTES)
+        return lambda kept, model_files: original + model_files * (4 * kept.original_size + id_table.GRAPH_BYTES)
 
     def apply(self, source, kept, tokenizer_json: dict, log: Callable[[str], None]) -> "AppliedRemap":
         tables = nearest_kept_table(pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
         log(f"--oov remap: {tables.remapped_ids:,} dropped ids run as their nearest kept token")
-        return AppliedRemap(self, tables, IdRemap(tables, kept))
+        return AppliedRemap(self, tables, id_table.IdTable(tables.id_map, kept.kept_ids, tables.remapped_ids))
 
 
 @dataclass
 class AppliedRemap(AppliedPolicy):
     tables: "RemapTables"
-    id_table: "IdRemap"
+    table_stage: id_table.IdTable
 
     def dropout(self, rate: float, kept, unk_id: int | None) -> OovDropout | None:
         """Each piece of a dropped word runs as its nearest other kept token, as an unseen word does in the bundle."""
@@ -62,10 +58,10 @@ class AppliedRemap(AppliedPolicy):
         return OovDropout(checked_dropout_rate(rate), "nearest kept token", neighbour=self.tables.neighbour)
 
     def graph_stages(self) -> tuple:
-        return (self.id_table,)
+        return (self.table_stage,)
 
     def manifest_entry(self) -> dict:
-        return self.id_table.as_manifest()
+        return self.table_stage.as_manifest()
 
 
 def pretrained_embedding(source) -> np.ndarray:
@@ -130,75 +126,6 @@ def nearest_kept_table(embedding: np.ndarray, kept, protected_ids: Iterable[int]
         if 0 <= special < len(new_of) and new_of[special] >= 0:
             neighbour[new_of[special]] = new_of[special]
     return RemapTables(id_map=id_map, neighbour=neighbour, remapped_ids=int(np.count_nonzero(new_of < 0)))
-
-
-def prepend_id_remap(onnx_path: Path, id_map: np.ndarray) -> None:
-    """Rewrite the graph so it takes original ids: input_ids -> Gather(id_map) -> Cast(int64) -> every old consumer.
-
-    The table is int32 (4 bytes per original id); the Cast keeps every consumer's input type as exported."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    model = onnx.load(str(onnx_path))
-    graph = model.graph
-    if "input_ids" not in {i.name for i in graph.input}:
-        raise ModelError("the exported graph has no input_ids input to remap")
-    remapped = "input_ids_pruned"
-    for node in graph.node:
-        node.input[:] = [remapped if name == "input_ids" else name for name in node.input]
-    graph.initializer.append(numpy_helper.from_array(id_map.astype(np.int32), ID_MAP_NAME))
-    nodes = [
-        helper.make_node("Gather", [ID_MAP_NAME, "input_ids"], ["input_ids_pruned_int32"], name="pema_id_remap", axis=0),
-        helper.make_node("Cast", ["input_ids_pruned_int32"], [remapped], name="pema_id_remap_cast", to=TensorProto.INT64),
-    ]
-    for index, node in enumerate(nodes):
-        graph.node.insert(index, node)
-    onnx.save(model, str(onnx_path))
-
-
-@dataclass
-class IdRemap:
-    """``--oov remap`` as a stage of ``stages.ship``: the table goes into every shipped model, checked exactly.
-
-    ``apply`` prepends the table to a model file in place and checks the result against the model before the
-    table: on the corpus sample's original ids it must answer exactly (0.0) as before on the pruned ids, since the
-    table is a lookup. It returns the reference with original ids as its feeds, so the stages after it (ORT
-    conversion) are checked on the ids the app will send."""
-
-    tables: RemapTables
-    kept: object  # vocab.KeptVocab
-    models: list[str] = field(default_factory=list)
-    texts_checked: int = 0
-
-    def apply(self, model: Path, name: str, reference, work: Path):
-        import shutil
-
-        import onnxruntime as ort
-
-        before = work / f"before-remap-{len(self.models)}.onnx"
-        shutil.copyfile(model, before)
-        prepend_id_remap(model, self.tables.id_map)
-        original = self.original_ids(reference)
-        sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (before, model)]
-        inputs = [{i.name for i in session.get_inputs()} for session in sessions]
-        for pruned_feed, original_feed, text in zip(reference.feeds, original.feeds, reference.texts):
-            want = sessions[0].run(None, {k: v for k, v in pruned_feed.items() if k in inputs[0]})
-            got = sessions[1].run(None, {k: v for k, v in original_feed.items() if k in inputs[1]})
-            diff = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
-            if diff > 0.0:
-                raise VerificationError(f"--oov remap: {name} with the id table differs by {diff:.3g} on corpus text {text[:80]!r}")
-        self.models.append(name)
-        self.texts_checked = len(reference.texts)
-        return original
-
-    def original_ids(self, reference):
-        """The same reference, its feeds in the original tokenizer's numbering (what a remap bundle's app sends)."""
-        feeds = [{**feed, "input_ids": self.kept.kept_ids[feed["input_ids"]]} for feed in reference.feeds]
-        return replace(reference, feeds=feeds)
-
-    def as_manifest(self) -> dict:
-        return {"table": ID_MAP_NAME, "table_bytes": 4 * len(self.tables.id_map), "remapped_ids": self.tables.remapped_ids,
-                "models": sorted(self.models), "texts_checked": self.texts_checked}
 
 
 POLICY = Remap()
