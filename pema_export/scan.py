@@ -5,26 +5,27 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from pema_export.corpus import CorpusSummary, batched, iter_texts, read_corpus
+from pema_export.corpus import CorpusSummary, batched, check_corpus_paths, iter_texts, read_corpus
 from pema_export.budget import BudgetError
 from pema_export.errors import TokenizerError
-from pema_export.models import ModelSource
+from pema_export.models import ModelSource, resolve_model
 from pema_export.oov import DEFAULT as DEFAULT_OOV
 from pema_export.oov import POLICIES, OovPolicy, auto, get_policy
 from pema_export.oov.prior import PriorWords, check_languages, detect_languages
 from pema_export.oov.prior import prior_words as oov_prior_words
-from pema_export.profiles import Target
+from pema_export.profiles import Target, load_target
 from pema_export.stages import graph_bytes_per_layer, predicted_model_files
 from pema_export.stages.formats import format_of
 from pema_export.stages.quantize import weight_bytes
 from pema_export.tasks import Task, resolve_task, transformers_class
-from pema_export.tokenizers import prune_tokenizer, token_closure, tokenizer_json_text
+from pema_export.tokenizers import check_supported, prune_tokenizer, token_closure, tokenizer_json_text
 from pema_export.vocab import (
     KeptVocab,
     TokenCounts,
@@ -66,6 +67,61 @@ class VocabScan:
         cumulative = np.cumsum(ordered) / ordered.sum()
         sizes = np.unique(np.geomspace(1, len(ordered), num=min(points, len(ordered))).round().astype(int))
         return [[int(size), round(float(cumulative[size - 1]), 6)] for size in sizes]
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """``pema-export scan``: the model, corpus and vocabulary options it shares with the export."""
+
+    corpus: list[str]
+    model: str | None = None
+    target: str = "cpu"
+    quantize: str | None = None
+    keep_tokens: str | None = None
+    min_count: int = 1
+    oov: str = DEFAULT_OOV
+    max_vocab: int | None = None
+    max_bytes: int | None = None
+    prior_words: int | None = None
+    prior_lang: list[str] | None = None
+    heldout: str | None = None  # texts the corpus does not contain: their UNK rate is reported
+
+
+def open_source(model: str | None) -> tuple[ModelSource, dict]:
+    """The model folder ``--model`` names and its tokenizer.json, refused when its family cannot be pruned."""
+    source = resolve_model(model)
+    tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
+    check_supported(tokenizer_json)
+    return source, tokenizer_json
+
+
+def scan_report(options: ScanOptions) -> dict:
+    """Tokenize the corpus only (no training): the kept vocabulary and the predicted bundle bytes for the target,
+    and the held-out UNK rate; what ``pema-export scan --json`` prints."""
+    target = load_target(options.target, quantize=options.quantize)
+    corpus_paths = check_corpus_paths(options.corpus)
+    heldout_paths = check_corpus_paths([options.heldout]) if options.heldout else []
+    source, tokenizer_json = open_source(options.model)
+    scan = scan_vocabulary(source, tokenizer_json, corpus_paths, keep_tokens=options.keep_tokens, min_count=options.min_count,
+                           oov=options.oov, max_vocab=options.max_vocab, prior_words=options.prior_words,
+                           prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=target)
+    prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.policy)(scan.kept)
+    report = {
+        "model": source.name,
+        "target": target.name,
+        "texts": scan.counts.texts,
+        "tokens": scan.counts.tokens,
+        "vocab": {"original": scan.kept.original_size, "kept": scan.kept.size, "corpus_used": scan.counts.used_ids,
+                  "oov": scan.oov, "oov_choice": scan.oov_choice},
+        "predicted_bytes": {"model": prediction.model_bytes, "tokenizer": prediction.tokenizer_bytes,
+                            "total": prediction.total_bytes},
+    }
+    if heldout_paths:
+        # a bundle in the original numbering ships the original tokenizer: its unseen pieces never become UNK
+        shipped = tokenizer_json if scan.policy.ships_original_numbering else prune_tokenizer(tokenizer_json, scan.kept.kept_ids)
+        report["heldout_unk_rate"] = unk_rate(shipped, heldout_paths)
+        report["heldout_unk_rate_full_vocab"] = unk_rate(tokenizer_json, heldout_paths)
+    return report
 
 
 def scan_vocabulary(

@@ -19,7 +19,7 @@ from pema_export.tasks import accuracy
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 5  # the CLI's defaults; why: see cli.py
+    epochs: int = 5  # the CLI's defaults; why: see cli/export.py
     lr: float = 1e-4
     batch_size: int = 16
     weight_decay: float = 0.01  # never applied to embeddings, biases or LayerNorm (see README: PEMA and decay)
