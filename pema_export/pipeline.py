@@ -308,7 +308,7 @@ def held_out(plan: Plan, vocabulary: Vocabulary, staged: StagedBundle, log: Call
     label_ids = {label: i for i, label in enumerate(labels)} if labels else None
     report = heldout_report(
         staged.path(model_name), tokenizer, texts, [label_ids[e.label] for e in examples] if label_ids else None,
-        unk_id=unk_id, dropped_ids=dropped_ids,
+        vocabulary.scan.task, unk_id=unk_id, dropped_ids=dropped_ids,
         full_vectors=full_vocabulary_vectors(plan.source, texts, max_length) if encoder else None,
     )
     record = report.as_manifest(plan.eval_paths[0].name, model_name)

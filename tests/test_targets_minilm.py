@@ -3,7 +3,7 @@ export for the module, no training), shipped to the web and loaded by transforme
 onnxruntime as .onnx and .ort.
 
 The int8 bound for classifiers (top-1 agreement) is tested on hand-built graphs in test_targets.py; here the
-encoder's int8 bound is mean cosine >= 0.99 with a 0.98 floor for the worst text (verify.py says why)."""
+encoder's int8 bound is mean cosine >= 0.99 with a 0.98 floor for the worst text (tasks.py says why)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pema_export.manifest import HeldOutRecord
+from pema_export.tasks import SENTENCE_OUTPUT, Task
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,15 @@ class HeldOutReport:
         )
 
 
-def heldout_report(model_path: Path, tokenizer, texts: list[str], labels: list[int] | None, *, unk_id: int | None,
-                   dropped_ids: np.ndarray | None = None, full_vectors: np.ndarray | None = None) -> HeldOutReport:
+def heldout_report(model_path: Path, tokenizer, texts: list[str], labels: list[int] | None, task: Task, *,
+                   unk_id: int | None, dropped_ids: np.ndarray | None = None, full_vectors: np.ndarray | None = None) -> HeldOutReport:
     """Run the shipped model one text at a time (as an app does) on held-out texts with the shipped tokenizer.
 
-    ``unk_id`` is in the shipped tokenizer's numbering; ``dropped_ids`` (remap bundles, whose tokenizer is the
-    original): a boolean mask of the original ids that run as their nearest kept token. ``full_vectors``
-    (encoders): the original model's sentence vectors for ``texts`` (``full_vocabulary_vectors``)."""
+    ``labels``: the task's metric of its top answers. ``unk_id`` is in the shipped tokenizer's numbering;
+    ``dropped_ids`` (bundles in the original numbering): a boolean mask of the original ids that run as another
+    token. ``full_vectors`` (encoders): the original model's sentence vectors for ``texts``
+    (``full_vocabulary_vectors``)."""
     import onnxruntime as ort
-
-    from pema_export.pooling import SENTENCE_OUTPUT
 
     encodings = tokenizer.encode_batch(texts)
     pieces = np.asarray([i for enc in encodings for i, special in zip(enc.ids, enc.special_tokens_mask) if not special], dtype=np.int64)
@@ -62,14 +62,14 @@ def heldout_report(model_path: Path, tokenizer, texts: list[str], labels: list[i
         if "token_type_ids" in input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
         if labels is not None:
-            answers.append(int(session.run(["logits"], feeds)[0][0].argmax()))
+            answers.append(int(session.run([task.outputs[0]], feeds)[0][0].argmax()))
         elif SENTENCE_OUTPUT in output_names:
             answers.append(session.run([SENTENCE_OUTPUT], feeds)[0][0])
         else:  # an encoder without sentence pooling: the mean of its token states stands for the text
-            answers.append(session.run(["last_hidden_state"], feeds)[0][0].mean(axis=0))
+            answers.append(session.run([task.outputs[0]], feeds)[0][0].mean(axis=0))
     if labels is not None:
-        accuracy = sum(int(a == y) for a, y in zip(answers, labels)) / max(len(texts), 1)
-        return HeldOutReport(texts=len(texts), pieces=len(pieces), unk_rate=unk, remapped_rate=remapped, accuracy=accuracy)
+        return HeldOutReport(texts=len(texts), pieces=len(pieces), unk_rate=unk, remapped_rate=remapped,
+                             accuracy=task.metric(answers, labels))
     cosines, agreement = compare_vectors(np.asarray(answers, dtype=np.float64), np.asarray(full_vectors, dtype=np.float64))
     return HeldOutReport(
         texts=len(texts), pieces=len(pieces), unk_rate=unk, remapped_rate=remapped, accuracy=None,
