@@ -405,12 +405,13 @@ def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None
         train_examples, eval_examples = [examples[i] for i in train_idx], [examples[i] for i in eval_idx]
     tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
     tokenizer.enable_truncation(options.max_length)
-    label2id = {label: i for i, label in enumerate(labels)}
+    label_ids, targets = {label: i for i, label in enumerate(labels)}, vocabulary.scan.task.targets
 
     def encode(batch) -> EncodedSet:
         encodings = tokenizer.encode_batch([e.text for e in batch])
         ids = [map_ids(vocabulary.kept, np.asarray(enc.ids, dtype=np.int64)).tolist() for enc in encodings]
-        return EncodedSet(input_ids=ids, labels=[label2id[e.label] for e in batch], word_spans=[word_spans(enc.word_ids) for enc in encodings])
+        return EncodedSet(input_ids=ids, labels=[targets(e, enc, label_ids) for e, enc in zip(batch, encodings)],
+                          word_spans=[word_spans(enc.word_ids) for enc in encodings])
 
     return encode(train_examples), encode(eval_examples)
 

@@ -17,7 +17,7 @@ from pema_export.budget import BudgetError
 from pema_export.errors import TokenizerError
 from pema_export.models import ModelSource, resolve_model
 from pema_export.oov import DEFAULT as DEFAULT_OOV
-from pema_export.oov import POLICIES, OovPolicy, auto, get_policy
+from pema_export.oov import POLICIES, OovPolicy, PolicyBytes, auto, get_policy
 from pema_export.oov.prior import PriorWords, check_languages, detect_languages
 from pema_export.oov.prior import prior_words as oov_prior_words
 from pema_export.profiles import Target, load_target
@@ -206,7 +206,7 @@ def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_
                      policy: OovPolicy):
     """kept -> predicted sizes of the bundle ``policy`` makes (what it ships instead of the pruned tokenizer counts
     as its tokenizer bytes)."""
-    policy_bytes = policy.tokenizer_bytes_predictor(tokenizer_json)
+    policy_bytes = policy.bytes_predictor(tokenizer_json)
     return lambda kept: predict_sizes(source, tokenizer_json, kept, task, num_labels, target, policy_bytes)
 
 
@@ -282,12 +282,12 @@ class SizePrediction:
 
 
 def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, task: Task, num_labels: int | None,
-                  target: Target, policy_bytes: Callable[[KeptVocab, int], int] | None = None) -> SizePrediction:
+                  target: Target, policy_bytes: Callable[[KeptVocab, list], PolicyBytes] | None = None) -> SizePrediction:
     """Predict the bundle's bytes from the architecture's parameter shapes (the task's ``size_class`` over
     ``num_labels`` when the corpus gives them, built on the meta device: no weights are read) and the model files
     the target's stages ship (their number formats and graph kinds); the tokenizer is pruned for real, so its bytes
-    are exact. ``policy_bytes`` (an OOV policy's tokenizer_bytes_predictor): what ships instead of the pruned
-    tokenizer, given the kept ids and the number of model files."""
+    are exact. ``policy_bytes`` (an OOV policy's bytes_predictor): what the policy ships instead of the pruned
+    tokenizer or adds to the model files."""
     import torch
     from transformers import AutoConfig
 
@@ -302,8 +302,9 @@ def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, ta
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 1)
     graphs = predicted_model_files(target, config.model_type)
     model_bytes = sum(weight_bytes(model, graph.precision, skip) + graph_bytes_per_layer(graph) * layers for graph in graphs)
-    if policy_bytes is not None:
-        tokenizer_bytes = policy_bytes(kept, len(graphs))
-    else:
+    added = policy_bytes(kept, graphs) if policy_bytes is not None else PolicyBytes(tokenizer=None)
+    tokenizer_bytes = added.tokenizer
+    if tokenizer_bytes is None:
         tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
-    return SizePrediction(model_bytes=model_bytes, tokenizer_bytes=tokenizer_bytes, other_bytes=format_of(target).metadata_bytes)
+    return SizePrediction(model_bytes=model_bytes + added.model, tokenizer_bytes=tokenizer_bytes,
+                          other_bytes=format_of(target).metadata_bytes)

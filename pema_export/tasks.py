@@ -3,8 +3,8 @@
 A task is chosen once, by ``resolve_task``: ``--task`` when given; else the task whose labels the corpus carries;
 else the head the checkpoint already has; else the model as an encoder. Model loading (pema.py), training
 (train.py), the export (export.py), verification (verify.py), the size prediction (scan.py), the OOV policies and
-the manifest read the entry, never the task's name. A new task is one entry here plus a corpus reader for its
-labels (corpus.py).
+the manifest read the entry, never the task's name. A new task is one entry here (with its targets and metric)
+plus a corpus reader for its labels (corpus.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ SENTENCE_OUTPUT = "sentence_embedding"
 def accuracy(predicted: Sequence, labels: Sequence) -> float:
     """Share of texts whose predicted label is the true one."""
     return sum(p == y for p, y in zip(predicted, labels)) / len(labels)
+
+
+def text_label(example, encoding, label_ids: dict[str, int]) -> int:
+    """The training target of a text labelled as a whole: its label's index (``encoding`` is not needed)."""
+    return label_ids[example.label]
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ class Task:
     outputs: tuple[str, ...]  # what the graph and the PyTorch reference answer (sentence pooling adds SENTENCE_OUTPUT)
     quantized_bound: Top1Agreement | CosineCloseness  # int8/fp16 stages against fp32 (fp32 stages: verify.STAGE_ATOL)
     label_kind: str | None = None  # the labels a corpus carries for it ("text": one per text); None: never trained
+    # (corpus.Example, its tokenizers.Encoding, {label: index}) -> what the model learns to answer for it
+    targets: Callable[[object, object, dict[str, int]], object] | None = None
     metric: Callable[[Sequence, Sequence], float] | None = None  # held-out figure while training and on --eval
     checkpoint_heads: tuple[str, ...] = ()  # architecture suffixes: an unlabelled checkpoint with this head is this task
     requestable: bool = False  # offered by --task
@@ -117,8 +124,8 @@ TASKS: dict[str, Task] = {
     task.name: task
     for task in (
         Task("text-classification", "AutoModelForSequenceClassification", outputs=("logits",), quantized_bound=Top1Agreement(),
-             label_kind="text", metric=accuracy, checkpoint_heads=("ForSequenceClassification",), head="classifier head",
-             size_class="AutoModelForSequenceClassification", exports_pooler=True),
+             label_kind="text", targets=text_label, metric=accuracy, checkpoint_heads=("ForSequenceClassification",),
+             head="classifier head", size_class="AutoModelForSequenceClassification", exports_pooler=True),
         Task("feature-extraction", "AutoModel", outputs=("last_hidden_state",), quantized_bound=CosineCloseness(), pools=True,
              closeness_to_full=True, head="encoder"),
         # Predicted as its encoder (size_class AutoModel): the masked-LM head's transform is not counted, as the scan

@@ -11,8 +11,8 @@ prior.py (``--prior-words``) and heldout.py (the ``--eval`` figures) serve every
 
 A policy answers for the whole export: the ids it needs kept (``policy_ids``), the tasks it cannot serve
 (``refusal``), whether the bundle's tokenizer.json and config.json keep the original numbering
-(``ships_original_numbering``; the graph then takes original ids), what ships instead of the pruned tokenizer
-(``tokenizer_bytes_predictor``, for the scan and ``--max-bytes``), the held-out id handling (``heldout_ids``) and
+(``ships_original_numbering``; the graph then takes original ids), the bytes it ships instead of the pruned
+tokenizer or adds to the model files (``bytes_predictor``, for the scan and ``--max-bytes``), the held-out id handling (``heldout_ids``) and
 its manifest key. Once the kept ids are chosen, ``apply`` gives the policy as it runs in this export
 (``AppliedPolicy``): the substitute ``--oov-dropout`` trains with, a transformation of the trained model before
 export (the model the graph and the parity check are built from), graph stages (stages.Stage) and its manifest
@@ -47,6 +47,14 @@ class OovDropout:
 
 
 @dataclass(frozen=True)
+class PolicyBytes:
+    """What a policy adds to a predicted bundle (scan, --max-bytes, --oov auto)."""
+
+    tokenizer: int | None  # what ships instead of the pruned tokenizer; None: the pruned tokenizer (the scan measures it)
+    model: int = 0  # bytes it adds to the model files, all of them together
+
+
+@dataclass(frozen=True)
 class Refusal:
     """Why a policy cannot serve a task: ``reason`` in a line (--oov auto records it), ``message`` for the user who
     asked for the policy by name."""
@@ -77,9 +85,9 @@ class OovPolicy:
         """Why the policy cannot serve ``task`` (tasks.Task), or None."""
         return None
 
-    def tokenizer_bytes_predictor(self, tokenizer_json: dict) -> Callable[[object, int], int] | None:
-        """(kept, shipped model files) -> the bytes the bundle carries instead of the pruned tokenizer; None: the
-        pruned tokenizer itself (the scan measures it)."""
+    def bytes_predictor(self, tokenizer_json: dict) -> Callable[[object, list], PolicyBytes] | None:
+        """(kept, the shipped model files as stages.GraphEstimate) -> the bytes the policy adds; None: nothing but
+        the pruned tokenizer."""
         return None
 
     def heldout_ids(self, kept, unk_id: int | None) -> tuple[int | None, np.ndarray | None]:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from pema_export.errors import ModelError
-from pema_export.oov import AppliedPolicy, OovDropout, OovPolicy, Refusal, checked_dropout_rate
+from pema_export.oov import AppliedPolicy, OovDropout, OovPolicy, PolicyBytes, Refusal, checked_dropout_rate
 from pema_export.stages import id_table
 from pema_export.tokenizers import original_tokenizer_json, tokenizer_json_text
 from pema_export.vocab import special_token_ids
@@ -35,10 +35,11 @@ class Remap(OovPolicy):
                     "tokenizer keeps the original ids, so predictions would decode to the wrong tokens; use --oov fallback or unk",
         )
 
-    def tokenizer_bytes_predictor(self, tokenizer_json: dict) -> Callable[[object, int], int]:
-        """The original tokenizer (measured once: it does not depend on the kept ids) and one id table per model file."""
+    def bytes_predictor(self, tokenizer_json: dict) -> Callable[[object, list], PolicyBytes]:
+        """The original tokenizer (measured once: it does not depend on the kept ids) and one id table per model
+        file, all counted as tokenizer bytes, as the scan has always reported them."""
         original = len(tokenizer_json_text(original_tokenizer_json(tokenizer_json)).encode("utf-8"))
-        return lambda kept, model_files: original + model_files * (4 * kept.original_size + id_table.GRAPH_BYTES)
+        return lambda kept, graphs: PolicyBytes(original + len(graphs) * (4 * kept.original_size + id_table.GRAPH_BYTES))
 
     def apply(self, source, kept, tokenizer_json: dict, log: Callable[[str], None]) -> "AppliedRemap":
         tables = nearest_kept_table(pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))

@@ -95,7 +95,7 @@ class IdTable:
         return original
 
     def predict(self, graphs: list[GraphEstimate], target, model_type: str) -> list[GraphEstimate]:
-        # its bytes count with its policy's (OovPolicy.tokenizer_bytes_predictor), as the scan has always counted them
+        # its bytes count with its policy's (OovPolicy.bytes_predictor), as the scan has always counted them
         return graphs
 
     def as_manifest(self) -> dict:
