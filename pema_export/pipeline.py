@@ -193,7 +193,7 @@ def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
     log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
     applied = found.policy.apply(plan.source, kept, plan.tokenizer_json, log)
     trains = found.task.trains_on(summary.label_kind)
-    if summary.labelled and not trains:
+    if options.task and summary.labelled and not trains:
         log(f"--task {found.task.name}: the corpus labels are ignored (no fine-tuning of the {found.task.head})")
     if 0 < summary.labelled < summary.texts:
         load_examples(plan.corpus_paths)  # raises, naming the first unlabelled text
