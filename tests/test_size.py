@@ -27,6 +27,15 @@ def tiny_fp32_bundle(tmp_path_factory, tiny_bert):
     return out.parent
 
 
+def test_the_manifest_reads_back_into_the_same_bytes(tiny_bundle):
+    """The typed manifest the summary, size and check read is the file itself: read and written again, no key,
+    value or order changes (the OOV policies' entries, spread among the vocab keys, included)."""
+    text = (tiny_bundle / "pema-manifest.json").read_text(encoding="utf-8")
+    manifest = Manifest.from_json(json.loads(text))
+    assert list(manifest.vocab.policies) == ["remap"] and manifest.stages[0]["stage"] == "export"
+    assert json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n" == text
+
+
 def test_parts_come_from_the_initializers_and_add_up(tiny_fp32_bundle):
     import onnx
 
