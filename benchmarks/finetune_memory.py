@@ -152,6 +152,7 @@ def run_side(args) -> dict:
 
     from pema_export.models import ModelSource, resolve_model
     from pema_export.pema import _initialise_fresh, load_partial_model, map_ids
+    from pema_export.tasks import TASKS
     from pema_export.train import EncodedSet, TrainOptions, fine_tune
     from pema_export.vocab import KeptVocab, open_tokenizer
 
@@ -186,7 +187,7 @@ def run_side(args) -> dict:
         _initialise_fresh(model, head, args.seed)  # the very head load_partial_model gives the PEMA side
         pad_id = model.config.pad_token_id
     else:
-        model = load_partial_model(source, kept, labels=labels, seed=args.seed).model
+        model = load_partial_model(source, kept, TASKS["text-classification"], labels=labels, seed=args.seed).model
         train_ids = [map_ids(kept, np.asarray(ids)).tolist() for ids in train_ids]
         eval_ids = [map_ids(kept, np.asarray(ids)).tolist() for ids in eval_ids]
         pad_id = model.config.pad_token_id

@@ -24,7 +24,8 @@ from pema_export.corpus import load_examples
 from pema_export.models import resolve_model
 from pema_export.pipeline import ExportOptions, run
 from pema_export.train import TrainOptions, pad_batch
-from pema_export.vocab import OOV_POLICIES, open_tokenizer
+from pema_export.oov import POLICIES
+from pema_export.vocab import open_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 FULL = "full vocabulary"
@@ -44,7 +45,7 @@ def main() -> int:
     heldout = load_examples([Path(args.heldout)])
     rows = []
     with tempfile.TemporaryDirectory(prefix="pema-oov-") as scratch:
-        for policy in (FULL, *OOV_POLICIES):
+        for policy in (FULL, *POLICIES):
             out = Path(scratch) / policy.replace(" ", "-") / "model.onnx"
             keep_file = _whole_vocabulary_file(args.model, Path(scratch)) if policy == FULL else None
             started = time.perf_counter()
@@ -55,7 +56,7 @@ def main() -> int:
                     model=args.model,
                     target=args.target,
                     # The ceiling keeps every token; its --oov value is irrelevant.
-                    oov=OOV_POLICIES[0] if policy == FULL else policy,
+                    oov=next(iter(POLICIES)) if policy == FULL else policy,
                     keep_tokens=str(keep_file) if keep_file else None,
                     # The held-out file only reports accuracy per epoch; training uses the last epoch, so it
                     # does not select anything.
@@ -65,7 +66,7 @@ def main() -> int:
                 ),
                 log=lambda message: print(f"  [{policy}] {message}", file=sys.stderr),
             )
-            vocab = result.manifest["vocab"]
+            vocab = result.manifest.to_json()["vocab"]
             if policy == FULL and vocab["kept"] != vocab["original"]:
                 raise SystemExit(f"the full-vocabulary run kept {vocab['kept']} of {vocab['original']} tokens")
             rows.append({"policy": policy, "kept_rows": vocab["kept"], "model_bytes": out.stat().st_size,

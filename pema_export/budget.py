@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pema_export.errors import PemaError
+from pema_export.manifest import Manifest
 from pema_export.size import SizeReport
 
 UNITS = {"B": 1, "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
@@ -111,7 +112,7 @@ def _limit(value, where: str) -> Limit:
     return Limit(max_bytes=parse_size(value, where))
 
 
-def load_baseline(path: str | Path) -> dict:
+def load_baseline(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise BudgetError(f"baseline manifest not found: {path}")
@@ -121,7 +122,7 @@ def load_baseline(path: str | Path) -> dict:
         raise BudgetError(f"baseline {path} is not a JSON manifest") from None
     if not isinstance(baseline, dict) or not isinstance(baseline.get("files"), dict):
         raise BudgetError(f"baseline {path} is not a pema-manifest.json (no 'files')")
-    return baseline
+    return Manifest.from_json(baseline)
 
 
 def parse_tolerance(text: str) -> float:
@@ -135,18 +136,18 @@ def parse_tolerance(text: str) -> float:
     return value
 
 
-def check_bundle(report: SizeReport, budget: Budget | None = None, baseline: dict | None = None, tolerance: float = 0.0) -> list[str]:
+def check_bundle(report: SizeReport, budget: Budget | None = None, baseline: Manifest | None = None, tolerance: float = 0.0) -> list[str]:
     """One line per violation: the part, its size, the limit, and the growth since the baseline."""
     budget = budget or Budget()
     violations: list[str] = []
-    manifest = report.manifest or {}
-    target_limit = (manifest.get("target") or {}).get("max_bytes")
+    manifest = report.manifest
+    target_limit = (manifest.target or {}).get("max_bytes") if manifest else None
     if isinstance(target_limit, int):
         _over(violations, "bundle (target max_bytes)", report.total_bytes, target_limit, "")
 
-    if baseline is not None:
+    if baseline is not None and manifest is not None:
         _check_same_model(manifest, baseline)
-    old_files = {name: entry["bytes"] for name, entry in (baseline or {}).get("files", {}).items()}
+    old_files = {name: entry["bytes"] for name, entry in (baseline.files if baseline else {}).items()}
     old_total = sum(old_files.values()) if old_files else None
 
     def growth(new: int, old: int | None) -> str:
@@ -180,13 +181,11 @@ def _over(violations: list[str], what: str, size: int, limit: int | None, growth
         violations.append(f"{what}: {size:,} bytes > limit {limit:,}{growth}")
 
 
-def _check_same_model(manifest: dict, baseline: dict) -> None:
-    if not manifest:
-        return
+def _check_same_model(manifest: Manifest, baseline: Manifest) -> None:
     for key in ("source", "task"):
-        new, old = (manifest.get("model") or {}).get(key), (baseline.get("model") or {}).get(key)
+        new, old = (getattr(m.model, key) if m.model else None for m in (manifest, baseline))
         if new and old and new != old:
             raise BudgetError(f"baseline is from another model ({key} {old!r}, this bundle: {new!r})")
-    new_vocab, old_vocab = (manifest.get("vocab") or {}).get("original"), (baseline.get("vocab") or {}).get("original")
+    new_vocab, old_vocab = (m.vocab.original if m.vocab else None for m in (manifest, baseline))
     if new_vocab and old_vocab and new_vocab != old_vocab:
         raise BudgetError(f"baseline is from another model (original vocabulary {old_vocab:,}, this bundle: {new_vocab:,})")

@@ -11,16 +11,14 @@ Files are read lazily, line by line, so a corpus larger than memory can be count
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from pema_export.errors import CorpusError
-
-SUPPORTED_SUFFIXES = (".txt", ".tsv", ".csv", ".jsonl")
-
 
 @dataclass(frozen=True)
 class Example:
@@ -37,9 +35,9 @@ def check_corpus_paths(paths: Sequence[str | Path]) -> list[Path]:
         path = Path(raw)
         if not path.is_file():
             raise CorpusError(f"corpus file not found: {path}")
-        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+        if path.suffix.lower() not in READERS:
             raise CorpusError(
-                f"corpus {path}: unknown format {path.suffix or '(no extension)'}; use one of {', '.join(SUPPORTED_SUFFIXES)}"
+                f"corpus {path}: unknown format {path.suffix or '(no extension)'}; use one of {', '.join(READERS)}"
             )
         if path.stat().st_size == 0:
             raise CorpusError(f"corpus file is empty: {path}")
@@ -50,13 +48,7 @@ def check_corpus_paths(paths: Sequence[str | Path]) -> list[Path]:
 def read_corpus(paths: Sequence[str | Path]) -> Iterator[Example]:
     """Yield every example of every corpus file, in order. Raises CorpusError naming file and line."""
     for path in check_corpus_paths(paths):
-        suffix = path.suffix.lower()
-        if suffix == ".txt":
-            yield from _read_txt(path)
-        elif suffix in (".tsv", ".csv"):
-            yield from _read_table(path, delimiter="\t" if suffix == ".tsv" else ",")
-        else:
-            yield from _read_jsonl(path)
+        yield from READERS[path.suffix.lower()](path)
 
 
 def iter_texts(paths: Sequence[str | Path]) -> Iterator[str]:
@@ -180,6 +172,15 @@ def _read_jsonl(path: Path) -> Iterator[Example]:
         yield Example(text, label)
 
 
+# file suffix -> reader: a new corpus format is one reader and one row
+READERS: dict[str, Callable[[Path], Iterator[Example]]] = {
+    ".txt": _read_txt,
+    ".tsv": functools.partial(_read_table, delimiter="\t"),
+    ".csv": functools.partial(_read_table, delimiter=","),
+    ".jsonl": _read_jsonl,
+}
+
+
 def batched(items: Iterable, size: int) -> Iterator[list]:
     batch = []
     for item in items:
@@ -220,6 +221,12 @@ class CorpusSummary:
     def num_labels(self) -> int | None:
         """The number of classes when every text is labelled (a classifier to fine-tune), else None."""
         return len(self.labels) if self.labels and self.labelled == self.texts else None
+
+    @property
+    def label_kind(self) -> str | None:
+        """The labels the corpus carries for a task (tasks.Task.label_kind): "text", one per text, when every text
+        has one; None otherwise."""
+        return "text" if self.num_labels else None
 
     @property
     def sample_texts(self) -> list[str]:

@@ -13,9 +13,10 @@ from torch import nn
 from pema_export.models import Pooling
 from pema_export.pooling import append_pooling
 from pema_export.profiles import Target
+from pema_export.tasks import Task
 
 
-def export_onnx(model: nn.Module, task: str, target: Target, out_path: Path, pooling: Pooling | None = None) -> Path:
+def export_onnx(model: nn.Module, task: Task, target: Target, out_path: Path, pooling: Pooling | None = None) -> Path:
     """Write ``out_path`` (one self-contained .onnx file); a sentence-transformers model gets its pooling appended."""
     from optimum.exporters.onnx import onnx_export_from_model
 
@@ -24,7 +25,7 @@ def export_onnx(model: nn.Module, task: str, target: Target, out_path: Path, poo
         warnings.simplefilter("ignore")
         _quiet_loggers()
         # optimum's validation uses random inputs and only warns; verify.py does the real parity check.
-        onnx_export_from_model(model, output=scratch, task=task, opset=target.opset, do_validation=False, preprocessors=[])
+        onnx_export_from_model(model, output=scratch, task=task.name, opset=target.opset, do_validation=False, preprocessors=[])
         graph = onnx.load(str(Path(scratch) / "model.onnx"))
     if pooling is not None:
         graph = append_pooling(graph, pooling)

@@ -21,6 +21,7 @@ from torch import nn
 
 from pema_export.errors import ModelError, OutputError
 from pema_export.models import ModelSource, Pooling
+from pema_export.tasks import Task, transformers_class
 from pema_export.vocab import CONFIG_ID_FIELDS, KeptVocab
 
 
@@ -84,6 +85,18 @@ def remap_config_ids(config, kept: KeptVocab) -> None:
                 raise ModelError(f"config.json {field}={value} is not among the kept tokens") from None
 
 
+def original_numbering_config(config, kept: KeptVocab):
+    """A copy of a pruned model's config in the original numbering (remap_config_ids undone): vocab_size and the
+    special-token ids as the full model had them."""
+    original = copy.deepcopy(config)
+    original.vocab_size = kept.original_size
+    for field in CONFIG_ID_FIELDS:
+        value = getattr(original, field, None)
+        if isinstance(value, int) and 0 <= value < kept.size:
+            setattr(original, field, int(kept.kept_ids[value]))
+    return original
+
+
 def map_ids(kept: KeptVocab, ids: np.ndarray) -> np.ndarray:
     """Original ids -> new ids; a dropped id becomes the new UNK id (or fails if there is none)."""
     mapped = kept.id_map[ids]
@@ -99,7 +112,7 @@ class PartialModel:
     """A model whose embedding holds only the kept rows, plus what the manifest needs to know about the full one."""
 
     model: nn.Module
-    task: str  # the optimum export task
+    task: Task
     pooling: Pooling | None
     original_params: int
     original_embedding_params: int
@@ -114,37 +127,28 @@ class PartialModel:
 
 
 def load_partial_model(
-    source: ModelSource, kept: KeptVocab, labels: list[str] | None, trust_remote_code: bool = False, seed: int = 0,
-    task: str | None = None,
+    source: ModelSource, kept: KeptVocab, task: Task, labels: list[str] | None = None, trust_remote_code: bool = False,
+    seed: int = 0,
 ) -> PartialModel:
-    """Load the model for its job with only the kept embedding rows.
+    """Load the model for ``task`` (tasks.resolve_task) with only the kept embedding rows.
 
-    Labelled corpus: a sequence classifier over ``labels`` (a fresh head, initialised from ``seed``, unless the
-    checkpoint already has one of that size). Unlabelled: the model as it is: a classifier checkpoint stays one;
-    anything else is a feature extractor, with its sentence-transformers pooling when the folder has one.
-    ``task="fill-mask"``: the masked-LM model, its output projection tied to the (pruned) input embedding.
+    With ``labels``, the task's head is over them (a fresh head, initialised from ``seed``, unless the checkpoint
+    already has one of that size). A task that pools (an encoder) gets the folder's sentence-transformers pooling;
+    one with vocabulary logits (fill-mask) keeps its output projection tied to the (pruned) input embedding.
 
     With safetensors weights the full embedding matrix never exists in memory: the architecture is built empty
     with ``vocab_size = kept.size`` and the word-embedding rows (and a tied output bias) are read as a slice.
     Only a checkpoint without safetensors (pytorch_model.bin) is loaded whole and then cut.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    config_dict = source.read_config()
-    is_classifier = any(a.endswith("ForSequenceClassification") for a in config_dict.get("architectures") or [])
+    auto = transformers_class(task.auto_class)
     kwargs = {"trust_remote_code": trust_remote_code}
     label_kwargs = {}
-    if task == "fill-mask":
-        auto, task, pooling = AutoModelForMaskedLM, "fill-mask", None
-    elif labels is not None:
+    if labels is not None:
         label_kwargs = dict(
             num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)}
         )
-        auto, task, pooling = AutoModelForSequenceClassification, "text-classification", None
-    elif is_classifier:
-        auto, task, pooling = AutoModelForSequenceClassification, "text-classification", None
-    else:
-        auto, task, pooling = AutoModel, "feature-extraction", source.pooling
     checkpoint = find_safetensors(source.path)
     try:
         if checkpoint is None:
@@ -157,18 +161,18 @@ def load_partial_model(
     except (ValueError, OSError) as exc:
         raise ModelError(f"cannot load {source.name}: {str(exc).splitlines()[0]}") from None
     model.eval()
-    if task == "fill-mask":
-        _check_tied_head(model, kept)
-    return PartialModel(model, task, pooling, original_params, original_embedding_params)
+    if task.vocabulary_logits:
+        _check_tied_head(model, kept, task)
+    return PartialModel(model, task, source.pooling if task.pools else None, original_params, original_embedding_params)
 
 
-def _check_tied_head(model: nn.Module, kept: KeptVocab) -> None:
+def _check_tied_head(model: nn.Module, kept: KeptVocab, task: Task) -> None:
     # The logits must cover exactly the kept vocabulary, through the same (pruned) matrix as the input.
     output = model.get_output_embeddings()
     if output is None or output.weight is not input_embedding(model).weight:
-        raise ModelError(f"{type(model).__name__} has no masked-LM head tied to its input embedding; --task fill-mask needs one")
+        raise ModelError(f"{type(model).__name__} has no {task.head} tied to its input embedding; --task {task.name} needs one")
     if output.weight.shape[0] != kept.size or (getattr(output, "bias", None) is not None and output.bias.shape[0] != kept.size):
-        raise ModelError(f"{type(model).__name__}: the masked-LM head does not cover the {kept.size} kept tokens")
+        raise ModelError(f"{type(model).__name__}: the {task.head} does not cover the {kept.size} kept tokens")
 
 
 SAFETENSORS_NAME = "model.safetensors"
@@ -408,12 +412,7 @@ def save_full_model(model: nn.Module, kept: KeptVocab, source: ModelSource, out_
 
     out_dir = Path(out_dir)
     check_save_full_dir(out_dir)
-    full_config = copy.deepcopy(model.config)
-    full_config.vocab_size = kept.original_size
-    for field in CONFIG_ID_FIELDS:
-        value = getattr(full_config, field, None)
-        if isinstance(value, int) and 0 <= value < kept.size:
-            setattr(full_config, field, int(kept.kept_ids[value]))
+    full_config = original_numbering_config(model.config, kept)
     with init_empty_weights():
         full = type(model)(full_config)
     wanted = _distinct_state(full)

@@ -1,4 +1,9 @@
-"""The whole flow in one function: corpus -> scan -> prune model -> train -> rewrite tokenizer -> export -> verify -> bundle."""
+"""The export as a short sequence of named steps, each from data to data:
+
+prepare -> scan -> partial model -> train -> tokenizer -> export -> verify -> ship -> held out -> manifest -> commit
+
+``run`` reads as that sequence; each step below is one function, its inputs the records earlier steps returned.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from pema_export import __version__
 from pema_export.budget import BudgetError
@@ -16,26 +22,42 @@ from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
 from pema_export.errors import CorpusError, TargetError
 from pema_export.export import export_onnx
-from pema_export.models import resolve_model
-from pema_export.oov import IdRemap, full_vocabulary_vectors, heldout_report, nearest_kept_table, oov_dropout, pretrained_embedding, shipped_config
-from pema_export.pema import check_save_full_dir, load_partial_model, map_ids, save_full_model
-from pema_export.profiles import load_target
-from pema_export.scan import original_tokenizer_json, scan_vocabulary, tokenizer_json_text
-from pema_export.stages import ModelShape, check_target_output, ship, shipped_model_name
-from pema_export.tokenizers import check_supported, prune_tokenizer, pruned_tokenizer_config, tokenizer_family
-from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
-from pema_export.train import (
-    EncodedSet,
-    TrainOptions,
-    TrainReport,
-    fine_tune,
-    labels_seen_once,
-    resolve_device,
-    split_held_out,
-    word_spans,
+from pema_export.manifest import (
+    CorpusRecord,
+    HeldOutRecord,
+    Manifest,
+    ModelRecord,
+    ParamsRecord,
+    ParityRecord,
+    TokenizerRecord,
+    TrainingRecord,
+    VocabRecord,
 )
-from pema_export.verify import PARITY_ATOL, PARITY_SAMPLE, check_parity, check_tokenization, onnx_reference, torch_reference
-from pema_export.vocab import DEFAULT_OOV, KeptVocab, open_tokenizer, special_token_ids, unk_token_id
+from pema_export.models import ModelSource
+from pema_export.oov import DEFAULT as DEFAULT_OOV
+from pema_export.oov import POLICIES, AppliedPolicy, manifest_entries
+from pema_export.oov.heldout import full_vocabulary_vectors, heldout_report
+from pema_export.pema import PartialModel, check_save_full_dir, load_partial_model, map_ids, original_numbering_config, save_full_model
+from pema_export.profiles import Target, load_target
+from pema_export.scan import VocabScan, open_source, scan_vocabulary
+from pema_export.stages import ModelShape, Shipped, ship, stage_names
+from pema_export.stages.formats import format_of
+from pema_export.tasks import TASKS
+from pema_export.tokenizers import original_tokenizer_json, prune_tokenizer, pruned_tokenizer_config, tokenizer_family, tokenizer_json_text
+from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
+from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out, word_spans
+from pema_export.verify import (
+    PARITY_ATOL,
+    PARITY_SAMPLE,
+    FidelityReport,
+    OnnxReference,
+    ParityReport,
+    check_parity,
+    check_tokenization,
+    onnx_reference,
+    torch_reference,
+)
+from pema_export.vocab import KeptVocab, open_tokenizer, unk_token_id
 
 
 @dataclass(frozen=True)
@@ -53,7 +75,7 @@ class ExportOptions:
     trust_remote_code: bool = False
     oov: str = DEFAULT_OOV
     max_vocab: int | None = None
-    task: str | None = None  # "fill-mask"; None: a classifier for a labelled corpus, else the model as it is
+    task: str | None = None  # --task (tasks.TASKS); None: the task the corpus's labels or the checkpoint's head imply
     quantize: str | None = None  # --quantize: overrides the target profile's number format
     save_full: str | None = None  # --save-full DIR: also write a full-vocabulary Hugging Face checkpoint
     prior_words: int | None = None  # --prior-words N: also keep the tokens of the N most frequent words (docs/oov.md)
@@ -65,176 +87,287 @@ class ExportOptions:
 class ExportResult:
     out_dir: Path
     files: list[Path]
-    manifest: dict
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``prepare`` checked before any work, and the model it opened."""
+
+    options: ExportOptions
+    target: Target
+    out: Path
+    corpus_paths: list[Path]
+    eval_paths: list[Path]
+    source: ModelSource
+    tokenizer_json: dict
+    original_tokenizer: Tokenizer
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What ``scan`` found and chose: the kept ids, the task, the labels it trains on, the OOV policy as applied."""
+
+    scan: VocabScan
+    applied: AppliedPolicy
+    labels: list[str] | None  # None: the model is exported as it is, without fine-tuning
+
+    @property
+    def kept(self) -> KeptVocab:
+        return self.scan.kept
+
+
+@dataclass(frozen=True)
+class Tokenizers:
+    """The rewritten tokenizer.json and the one that ships (they differ when the policy keeps the original ids)."""
+
+    pruned_json: dict
+    shipped_json: dict
+
+
+@dataclass(frozen=True)
+class Exported:
+    fp32: Path  # the reference every later stage is checked against; shipped only by a format that keeps fp32
+    model: object  # the torch model the graph was exported from (after the policy's transform)
+
+
+@dataclass(frozen=True)
+class Verified:
+    fidelity: FidelityReport
+    parity: ParityReport
+    reference: OnnxReference  # the fp32 ONNX's outputs on the corpus sample, for the stages
 
 
 def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
     """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
-    # Everything that can be checked cheaply is checked before any work starts.
+    plan = prepare(options)
+    vocabulary = scan(plan, log)
+    partial = partial_model(plan, vocabulary)
+    training = train(plan, vocabulary, partial, log)
+    # Everything is written to a staging folder and moved into place only after every check passed.
+    with StagedBundle(plan.out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as scratch:
+        tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
+        exported = export(plan, vocabulary, partial, Path(scratch), log)
+        verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, log)
+        shipped = ship_stages(plan, vocabulary, exported, verified, staged, Path(scratch), log)
+        heldout = held_out(plan, vocabulary, staged, log)
+        manifest = build_manifest(plan, vocabulary, partial, training, heldout, verified, shipped, staged)
+        files = commit(plan, vocabulary, manifest, staged)
+    log(f"wrote {len(files)} files to {plan.out.parent}")
+    save_full(plan, vocabulary, partial, log)
+    return ExportResult(out_dir=plan.out.parent, files=files, manifest=manifest)
+
+
+def prepare(options: ExportOptions) -> Plan:
+    """Everything that can be checked cheaply, before any work starts; the model and its tokenizer opened."""
     target = load_target(options.target, quantize=options.quantize)
     out = Path(options.out)
     check_output_path(out)
-    check_target_output(target, out)
+    format_of(target).check_out(target.name, out)
     corpus_paths = check_corpus_paths(options.corpus)
     eval_paths = check_corpus_paths([options.eval_file]) if options.eval_file else []
     resolve_device(options.train.device)
     if options.save_full:
         check_save_full_dir(Path(options.save_full))
-    if options.oov == "remap" and options.task == "fill-mask":
-        raise TargetError("--oov remap cannot serve --task fill-mask: the logits are over the kept rows while a remap "
-                          "bundle's tokenizer keeps the original ids, so predictions would decode to the wrong tokens; "
-                          "use --oov fallback or unk")
-    source = resolve_model(options.model)
-    tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
-    check_supported(tokenizer_json)
-    original_tokenizer = open_tokenizer(source.tokenizer_json)
+    refusal = POLICIES[options.oov].refusal(TASKS[options.task]) if options.task and options.oov in POLICIES else None
+    if refusal:
+        raise TargetError(refusal.message)
+    source, tokenizer_json = open_source(options.model)
+    return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json))
 
-    # 1-2. Stream the corpus once: count token ids, note labels, keep a parity sample; choose the kept ids.
-    log(f"scanning {', '.join(str(p) for p in corpus_paths)} with the {source.name} tokenizer")
-    scan = scan_vocabulary(
-        source,
-        tokenizer_json,
-        corpus_paths,
-        keep_tokens=options.keep_tokens,
-        min_count=options.min_count,
-        oov=options.oov,
-        max_vocab=options.max_vocab,
-        sample_size=PARITY_SAMPLE,
-        seed=options.train.seed,
-        prior_words=options.prior_words,
-        prior_lang=options.prior_lang,
-        max_bytes=options.max_bytes,
-        target=target,
-        allow_remap=options.task != "fill-mask",
+
+def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
+    """Stream the corpus once: count token ids, note labels, keep a parity sample; choose the kept ids, the task
+    and the OOV policy, and apply the policy."""
+    options = plan.options
+    log(f"scanning {', '.join(str(p) for p in plan.corpus_paths)} with the {plan.source.name} tokenizer")
+    found = scan_vocabulary(
+        plan.source, plan.tokenizer_json, plan.corpus_paths, keep_tokens=options.keep_tokens, min_count=options.min_count,
+        oov=options.oov, max_vocab=options.max_vocab, sample_size=PARITY_SAMPLE, seed=options.train.seed,
+        prior_words=options.prior_words, prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=plan.target,
+        task=options.task,
     )
-    counts, kept, keep_ids, summary, oov = scan.counts, scan.kept, scan.keep_ids, scan.summary, scan.oov
-    if scan.oov_choice:
-        log(f"--oov auto: {oov} ({scan.oov_choice['reason']})")
+    counts, kept, summary = found.counts, found.kept, found.summary
+    if found.oov_choice:
+        log(f"--oov auto: {found.oov} ({found.oov_choice['reason']})")
     log(f"vocabulary: keeping {kept.size:,} of {kept.original_size:,} tokens ({counts.texts:,} texts, {counts.tokens:,} tokens)")
-    remap = None
-    if oov == "remap":
-        remap = nearest_kept_table(pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
-        log(f"--oov remap: {remap.remapped_ids:,} dropped ids run as their nearest kept token")
-
-    # 3. Build the model with the partial embedding from the start, then fine-tune when labelled.
-    labelled = summary.labelled == summary.texts and options.task != "fill-mask"
-    if options.task == "fill-mask" and summary.labelled:
-        log("--task fill-mask: the corpus labels are ignored (no fine-tuning of the masked-LM head)")
+    applied = found.policy.apply(plan.source, kept, plan.tokenizer_json, log)
+    trains = found.task.trains_on(summary.label_kind)
+    if options.task and summary.labelled and not trains:
+        log(f"--task {found.task.name}: the corpus labels are ignored (no fine-tuning of the {found.task.head})")
     if 0 < summary.labelled < summary.texts:
-        load_examples(corpus_paths)  # raises, naming the first unlabelled text
-    labels = _labels(summary.labels) if labelled else None
-    partial = load_partial_model(
-        source, kept, labels=labels, trust_remote_code=options.trust_remote_code, task=options.task, seed=options.train.seed
+        load_examples(plan.corpus_paths)  # raises, naming the first unlabelled text
+    return Vocabulary(found, applied, _labels(summary.labels) if trains else None)
+
+
+def partial_model(plan: Plan, vocabulary: Vocabulary) -> PartialModel:
+    """The model for the task with the partial embedding from the start: only the kept rows ever exist."""
+    return load_partial_model(plan.source, vocabulary.kept, vocabulary.scan.task, labels=vocabulary.labels,
+                              trust_remote_code=plan.options.trust_remote_code, seed=plan.options.train.seed)
+
+
+def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callable[[str], None]) -> TrainingRecord | None:
+    """Fine-tune the partial model in place on the corpus's labels; None when it has none to train on."""
+    if vocabulary.labels is None:
+        return None
+    options = plan.options
+    rate = vocabulary.scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
+    dropout = vocabulary.applied.dropout(rate, vocabulary.kept, unk_token_id(plan.tokenizer_json))
+    train_set, eval_set = _training_sets(plan, vocabulary, log)
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
+    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
+                       metric=vocabulary.scan.task.metric)
+    log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
+    return TrainingRecord(
+        epochs=report.epochs,
+        train_size=report.train_size,
+        eval_size=report.eval_size,
+        eval_source="--eval file" if plan.eval_paths else f"stratified {options.eval_split:.0%} split of the corpus",
+        eval_accuracy=round(report.eval_accuracy, 6),
+        eval_accuracy_per_epoch=[round(a, 6) for a in report.eval_accuracy_per_epoch],
+        lr=options.train.lr,
+        batch_size=options.train.batch_size,
+        max_length=options.max_length,
+        seed=options.train.seed,
+        oov_dropout=dropout.rate if dropout else 0.0,
+        oov_dropout_substitute=dropout.substitute_name if dropout else None,
+        labels=vocabulary.labels,
     )
-    training = None
-    if labelled:
-        rate = scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
-        dropout = oov_dropout(rate, kept, remap, unk_token_id(tokenizer_json))
-        training = _train(partial.model, original_tokenizer, kept, corpus_paths, eval_paths, labels, options, log, dropout)
 
-    # 4-7. Rewrite the tokenizer, export, verify, and only then move the bundle into place.
-    with StagedBundle(out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as work:
-        pruned_json = prune_tokenizer(tokenizer_json, kept.kept_ids)
-        # A remap bundle takes original ids (the table in the graph renumbers them), so its tokenizer and config
-        # keep the original numbering.
-        shipped_json = original_tokenizer_json(tokenizer_json) if remap else pruned_json
-        staged.path("tokenizer.json").write_text(tokenizer_json_text(shipped_json), encoding="utf-8")
-        id_map = {int(old): new for new, old in enumerate(kept.kept_ids)}
-        shipped_id_map = {int(i): int(i) for i in range(kept.original_size)} if remap else id_map
-        # Runtimes that read SentencePiece files (onnxruntime-extensions) get the same vocabulary.
-        for name, data in prune_sentencepiece_files(source.path, tokenizer_json, shipped_json).items():
-            staged.path(name).write_bytes(data)
-        tokenizer_config = pruned_tokenizer_config(source.read_tokenizer_config(), shipped_id_map, options.max_length)
-        staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
-        shipped_config(partial.model.config, kept if remap else None).to_json_file(str(staged.path("config.json")))
-        log(f"exporting {partial.task} to ONNX (opset {target.opset})")
-        fp32_onnx = Path(work) / "fp32.onnx"  # the reference every later stage is checked against; shipped only by web
-        export_onnx(partial.model, partial.task, target, fp32_onnx, pooling=partial.pooling)
 
-        log("verifying tokenization on every corpus text and outputs on a sample with onnxruntime")
-        # the checks run on the pruned vocabulary: the shipped file itself, except for a remap bundle, which ships
-        # the original tokenizer (its table is checked after ship)
-        pruned_tokenizer = open_tokenizer(pruned_json if remap else staged.path("tokenizer.json"))
-        fidelity = check_tokenization(original_tokenizer, pruned_tokenizer, kept, (e.text for e in read_corpus(corpus_paths)))
-        pruned_tokenizer.enable_truncation(options.max_length)
-        parity = check_parity(
-            fp32_onnx,
-            torch_reference(partial.model, partial.pooling),
-            pruned_tokenizer,
-            summary.sample_texts,
-            pad_id=_pad_id(partial.model.config),
-        )
-        log(f"building the {target.name} bundle: {_stage_names(target)}, each checked against the fp32 ONNX")
-        reference = onnx_reference(fp32_onnx, pruned_tokenizer, summary.sample_texts, pad_id=_pad_id(partial.model.config))
-        id_remap = IdRemap(remap, kept) if remap else None
-        shipped = ship(target, fp32_onnx, ModelShape.from_config(partial.model.config), reference, staged, out, Path(work), log, id_remap)
-        remap_manifest = id_remap.as_manifest() if id_remap else None
-        if id_remap:
-            log(f"--oov remap: id table ({remap_manifest['table_bytes']:,} bytes) in {', '.join(remap_manifest['models'])}; "
-                "outputs on original ids identical to the pruned model's")
-        heldout = None
-        if eval_paths:
-            encoder = labels is None and partial.task != "fill-mask"
-            if encoder:
-                log("held-out: sentence vectors of the original full-vocabulary model, to compare the bundle with")
-            heldout = _held_out(staged, target, out, eval_paths, labels, kept, remap, tokenizer_json, options.max_length,
-                                source if encoder else None)
-            figure = (f"cosine to the full model {heldout['cosine_to_full']['mean']:.4f} (mean), nearest-neighbour agreement "
-                      f"{heldout['nearest_neighbour_agreement']:.3f}" if encoder else f"accuracy {heldout['accuracy']}")
-            log(f"held-out ({heldout['file']}): UNK rate {heldout['unk_rate']}, {heldout['model']}: {figure}")
-        manifest = {
-            "pema_export": __version__,
-            "model": {"source": source.name, "architecture": type(partial.model).__name__, "task": partial.task},
-            "target": target.as_manifest(),
-            "tokenizer": {"family": tokenizer_family(tokenizer_json), "padding": None, "truncation": None},
-            "vocab": {
-                "original": kept.original_size,
-                "kept": kept.size,
-                "corpus_used": counts.used_ids,
-                "min_count": options.min_count,
-                "oov": oov,
-                "oov_choice": scan.oov_choice,
-                "max_vocab": scan.max_vocab,
-                "max_bytes": options.max_bytes,
-                "predicted_bytes": scan.predicted_bytes,
-                "prior": scan.prior.as_manifest(scan.detected_languages) if scan.prior else None,
-                "remap": remap_manifest,
-                "keep_tokens": len(keep_ids),
-                "coverage": scan.coverage(),
-            },
-            "params": {
-                "original": partial.original_params,
-                "exported": partial.exported_params,
-                "embedding_original": partial.original_embedding_params,
-                "embedding_exported": partial.exported_embedding_params,
-            },
-            "corpus": {"files": [p.name for p in corpus_paths], "texts": counts.texts, "tokens": counts.tokens, "labelled": labelled},
-            "training": training,
-            "heldout": heldout,
-            "parity": {
-                "texts_checked": parity.texts_checked,
-                "sample": f"all texts, or a seeded sample of {PARITY_SAMPLE}",
-                "tokenization_texts_checked": fidelity.texts_checked,
-                "tokenization_mismatches": fidelity.tokenization_mismatches,
-                "texts_with_dropped_tokens": fidelity.texts_with_dropped_tokens,
-                "max_abs_diff": parity.max_abs_diff,
-                "atol": PARITY_ATOL,
-                "outputs": list(parity.outputs),
-            },
-            **shipped.manifest_fields(),
-            "files": staged.file_entries(),
-            "versions": _versions(),
-        }
-        staged.write_manifest(manifest)
-        if options.max_bytes is not None:
-            _check_max_bytes(staged, options.max_bytes, scan.predicted_bytes)
-        files = staged.commit()
-    log(f"wrote {len(files)} files to {out.parent}")
-    if options.save_full:
-        # After the bundle: a failed export leaves no full checkpoint either; the folder appears whole or not at all.
-        save_full_model(partial.model, kept, source, Path(options.save_full))
-        log(f"wrote the full-vocabulary checkpoint (trained rows merged into {source.name}) to {options.save_full}")
-    return ExportResult(out_dir=out.parent, files=files, manifest=manifest)
+def write_tokenizer(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, staged: StagedBundle) -> Tokenizers:
+    """tokenizer.json, tokenizer_config.json, config.json (and a SentencePiece model) in the numbering the bundle
+    ships: the kept ids 0..k-1, or the original ids when the policy keeps them."""
+    kept, original_numbering = vocabulary.kept, vocabulary.scan.policy.ships_original_numbering
+    pruned_json = prune_tokenizer(plan.tokenizer_json, kept.kept_ids)
+    shipped_json = original_tokenizer_json(plan.tokenizer_json) if original_numbering else pruned_json
+    staged.path("tokenizer.json").write_text(tokenizer_json_text(shipped_json), encoding="utf-8")
+    if original_numbering:
+        shipped_id_map = {int(i): int(i) for i in range(kept.original_size)}
+    else:
+        shipped_id_map = {int(old): new for new, old in enumerate(kept.kept_ids)}
+    # Runtimes that read SentencePiece files (onnxruntime-extensions) get the same vocabulary.
+    for name, data in prune_sentencepiece_files(plan.source.path, plan.tokenizer_json, shipped_json).items():
+        staged.path(name).write_bytes(data)
+    tokenizer_config = pruned_tokenizer_config(plan.source.read_tokenizer_config(), shipped_id_map, plan.options.max_length)
+    staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
+    config = original_numbering_config(partial.model.config, kept) if original_numbering else partial.model.config
+    config.to_json_file(str(staged.path("config.json")))
+    return Tokenizers(pruned_json, shipped_json)
+
+
+def export(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, work: Path, log: Callable[[str], None]) -> Exported:
+    """The fp32 ONNX graph of the trained model, as the policy transforms it."""
+    model = vocabulary.applied.transform_model(partial.model)
+    log(f"exporting {vocabulary.scan.task.name} to ONNX (opset {plan.target.opset})")
+    fp32 = work / "fp32.onnx"
+    export_onnx(model, vocabulary.scan.task, plan.target, fp32, pooling=partial.pooling)
+    return Exported(fp32, model)
+
+
+def verify(plan: Plan, vocabulary: Vocabulary, tokenizers: Tokenizers, partial: PartialModel, exported: Exported,
+           staged: StagedBundle, log: Callable[[str], None]) -> Verified:
+    """Tokenization fidelity on every corpus text, then the graph against the torch model on the parity sample."""
+    log("verifying tokenization on every corpus text and outputs on a sample with onnxruntime")
+    # the pruned vocabulary is checked in the shipped file itself, unless the bundle ships the original numbering
+    # (a graph stage such as remap's id table is then checked on original ids in ship)
+    shipped = staged.path("tokenizer.json")
+    pruned = open_tokenizer(tokenizers.pruned_json if vocabulary.scan.policy.ships_original_numbering else shipped)
+    texts = (e.text for e in read_corpus(plan.corpus_paths))
+    fidelity = check_tokenization(plan.original_tokenizer, pruned, vocabulary.kept, texts)
+    tokenizer = vocabulary.applied.parity_tokenizer(pruned, shipped)
+    tokenizer.enable_truncation(plan.options.max_length)
+    task, sample, pad_id = vocabulary.scan.task, vocabulary.scan.summary.sample_texts, _pad_id(exported.model.config)
+    parity = check_parity(exported.fp32, torch_reference(exported.model, task, partial.pooling), tokenizer, sample, pad_id=pad_id)
+    reference = onnx_reference(exported.fp32, tokenizer, sample, pad_id=pad_id, bound=task.quantized_bound)
+    return Verified(fidelity, parity, reference)
+
+
+def ship_stages(plan: Plan, vocabulary: Vocabulary, exported: Exported, verified: Verified, staged: StagedBundle, work: Path,
+                log: Callable[[str], None]) -> Shipped:
+    """The target's stages (and the policy's graph stages), each checked against the fp32 ONNX; the files staged."""
+    log(f"building the {plan.target.name} bundle: {stage_names(plan.target)}, each checked against the fp32 ONNX")
+    return ship(plan.target, exported.fp32, ModelShape.from_config(exported.model.config), verified.reference, staged,
+                plan.out, work, log, vocabulary.applied.graph_stages())
+
+
+def held_out(plan: Plan, vocabulary: Vocabulary, staged: StagedBundle, log: Callable[[str], None]) -> HeldOutRecord | None:
+    """With --eval: the shipped model with the shipped tokenizer on texts the corpus does not contain, one text at a
+    time: UNK rate and the task's metric, or an encoder's closeness to the original full-vocabulary model."""
+    if not plan.eval_paths:
+        return None
+    examples = load_examples(plan.eval_paths)
+    texts, labels, max_length = [e.text for e in examples], vocabulary.labels, plan.options.max_length
+    encoder = labels is None and vocabulary.scan.task.closeness_to_full
+    if encoder:
+        log("held-out: sentence vectors of the original full-vocabulary model, to compare the bundle with")
+    tokenizer = open_tokenizer(staged.path("tokenizer.json"))
+    tokenizer.enable_truncation(max_length)
+    unk_id, dropped_ids = vocabulary.scan.policy.heldout_ids(vocabulary.kept, unk_token_id(plan.tokenizer_json))
+    model_name = format_of(plan.target).loaded_name(plan.out)
+    label_ids = {label: i for i, label in enumerate(labels)} if labels else None
+    report = heldout_report(
+        staged.path(model_name), tokenizer, texts, [label_ids[e.label] for e in examples] if label_ids else None,
+        vocabulary.scan.task, unk_id=unk_id, dropped_ids=dropped_ids,
+        full_vectors=full_vocabulary_vectors(plan.source, texts, max_length) if encoder else None,
+    )
+    record = report.as_manifest(plan.eval_paths[0].name, model_name)
+    figure = (f"cosine to the full model {record.cosine_to_full['mean']:.4f} (mean), nearest-neighbour agreement "
+              f"{record.nearest_neighbour_agreement:.3f}" if encoder else f"accuracy {record.accuracy}")
+    log(f"held-out ({record.file}): UNK rate {record.unk_rate}, {record.model}: {figure}")
+    return record
+
+
+def build_manifest(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, training: TrainingRecord | None,
+                   heldout: HeldOutRecord | None, verified: Verified, shipped: Shipped, staged: StagedBundle) -> Manifest:
+    found, kept, fidelity, parity = vocabulary.scan, vocabulary.kept, verified.fidelity, verified.parity
+    return Manifest(
+        pema_export=__version__,
+        model=ModelRecord(plan.source.name, type(partial.model).__name__, found.task.name),
+        target=plan.target.as_manifest(),
+        tokenizer=TokenizerRecord(tokenizer_family(plan.tokenizer_json)),
+        vocab=VocabRecord(
+            original=kept.original_size, kept=kept.size, corpus_used=found.counts.used_ids,
+            min_count=plan.options.min_count, oov=found.oov, oov_choice=found.oov_choice, max_vocab=found.max_vocab,
+            max_bytes=plan.options.max_bytes, predicted_bytes=found.predicted_bytes,
+            prior=found.prior.as_manifest(found.detected_languages) if found.prior else None,
+            policies=manifest_entries(vocabulary.applied), keep_tokens=len(found.keep_ids), coverage=found.coverage(),
+        ),
+        params=ParamsRecord(partial.original_params, partial.exported_params, partial.original_embedding_params,
+                            partial.exported_embedding_params),
+        corpus=CorpusRecord([p.name for p in plan.corpus_paths], found.counts.texts, found.counts.tokens,
+                            vocabulary.labels is not None),
+        training=training,
+        heldout=heldout,
+        parity=ParityRecord(
+            texts_checked=parity.texts_checked, sample=f"all texts, or a seeded sample of {PARITY_SAMPLE}",
+            tokenization_texts_checked=fidelity.texts_checked, tokenization_mismatches=fidelity.tokenization_mismatches,
+            texts_with_dropped_tokens=fidelity.texts_with_dropped_tokens, max_abs_diff=parity.max_abs_diff,
+            atol=PARITY_ATOL, outputs=list(parity.outputs),
+        ),
+        stages=shipped.stages,
+        embedding_bytes=shipped.embedding_bytes,
+        mobile=shipped.mobile,
+        files=staged.file_entries(),
+        versions=_versions(),
+    )
+
+
+def commit(plan: Plan, vocabulary: Vocabulary, manifest: Manifest, staged: StagedBundle) -> list[Path]:
+    """Write the manifest, hold the bundle to --max-bytes, and move it into place."""
+    staged.write_manifest(manifest.to_json())
+    if plan.options.max_bytes is not None:
+        _check_max_bytes(staged, plan.options.max_bytes, vocabulary.scan.predicted_bytes)
+    return staged.commit()
+
+
+def save_full(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callable[[str], None]) -> None:
+    """--save-full: after the bundle, so a failed export leaves no full checkpoint either; the folder appears whole or
+    not at all."""
+    if not plan.options.save_full:
+        return
+    save_full_model(partial.model, vocabulary.kept, plan.source, Path(plan.options.save_full))
+    log(f"wrote the full-vocabulary checkpoint (trained rows merged into {plan.source.name}) to {plan.options.save_full}")
 
 
 def _check_max_bytes(staged: StagedBundle, max_bytes: int, predicted: int | None) -> None:
@@ -255,35 +388,12 @@ def _labels(seen: set[str]) -> list[str]:
     return labels
 
 
-def _held_out(staged, target, out: Path, eval_paths, labels, kept: KeptVocab, remap, tokenizer_json: dict, max_length: int,
-              full_model=None) -> dict:
-    """UNK rate and accuracy (classifier) or, given the encoder's ``full_model`` (its source), closeness to it of the
-    shipped model with the shipped tokenizer on the --eval texts, one text at a time."""
-    examples = load_examples(eval_paths)
-    texts = [e.text for e in examples]
-    tokenizer = open_tokenizer(staged.path("tokenizer.json"))
-    tokenizer.enable_truncation(max_length)
-    unk = unk_token_id(tokenizer_json)
-    unk_shipped = unk if remap or unk is None else kept.new_id(unk)
-    model_name = shipped_model_name(target, out)
-    label_ids = {label: i for i, label in enumerate(labels)} if labels else None
-    report = heldout_report(
-        staged.path(model_name),
-        tokenizer,
-        texts,
-        [label_ids[e.label] for e in examples] if label_ids else None,
-        unk_id=unk_shipped,
-        dropped_ids=(kept.id_map < 0) if remap else None,
-        full_vectors=full_vocabulary_vectors(full_model, texts, max_length) if full_model else None,
-    )
-    return report.as_manifest(eval_paths[0].name, model_name)
-
-
-def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, options: ExportOptions, log, dropout=None) -> dict:
-    label2id = {label: i for i, label in enumerate(labels)}
-    examples = load_examples(corpus_paths)
-    if eval_paths:
-        train_examples, eval_examples = examples, load_examples(eval_paths)
+def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None]) -> tuple[EncodedSet, EncodedSet]:
+    """The corpus split into train and held-out sets (or the --eval file as held out), encoded in the kept ids."""
+    labels, options = vocabulary.labels, plan.options
+    examples = load_examples(plan.corpus_paths)
+    if plan.eval_paths:
+        train_examples, eval_examples = examples, load_examples(plan.eval_paths)
         unknown = sorted({e.label for e in eval_examples} - set(labels))
         if unknown:
             raise CorpusError(f"--eval file has labels the corpus does not: {', '.join(map(repr, unknown))}")
@@ -293,38 +403,17 @@ def _train(model, tokenizer, kept: KeptVocab, corpus_paths, eval_paths, labels, 
         if once:
             log(f"labels with a single text are trained on but not held out: {', '.join(map(repr, once))}")
         train_examples, eval_examples = [examples[i] for i in train_idx], [examples[i] for i in eval_idx]
-    tokenizer = open_tokenizer(json.loads(tokenizer.to_str()))
+    tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
     tokenizer.enable_truncation(options.max_length)
+    label_ids, targets = {label: i for i, label in enumerate(labels)}, vocabulary.scan.task.targets
 
     def encode(batch) -> EncodedSet:
         encodings = tokenizer.encode_batch([e.text for e in batch])
-        ids = [map_ids(kept, np.asarray(enc.ids, dtype=np.int64)).tolist() for enc in encodings]
-        return EncodedSet(input_ids=ids, labels=[label2id[e.label] for e in batch], word_spans=[word_spans(enc.word_ids) for enc in encodings])
+        ids = [map_ids(vocabulary.kept, np.asarray(enc.ids, dtype=np.int64)).tolist() for enc in encodings]
+        return EncodedSet(input_ids=ids, labels=[targets(e, enc, label_ids) for e, enc in zip(batch, encodings)],
+                          word_spans=[word_spans(enc.word_ids) for enc in encodings])
 
-    train_set, eval_set = encode(train_examples), encode(eval_examples)
-    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
-    report: TrainReport = fine_tune(model, train_set, eval_set, _pad_id(model.config), options.train, dropout=dropout)
-    log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
-    return {
-        "epochs": report.epochs,
-        "train_size": report.train_size,
-        "eval_size": report.eval_size,
-        "eval_source": "--eval file" if eval_paths else f"stratified {options.eval_split:.0%} split of the corpus",
-        "eval_accuracy": round(report.eval_accuracy, 6),
-        "eval_accuracy_per_epoch": [round(a, 6) for a in report.eval_accuracy_per_epoch],
-        "lr": options.train.lr,
-        "batch_size": options.train.batch_size,
-        "max_length": options.max_length,
-        "seed": options.train.seed,
-        "oov_dropout": dropout.rate if dropout else 0.0,
-        "oov_dropout_substitute": dropout.substitute_name if dropout else None,
-        "labels": labels,
-    }
-
-
-def _stage_names(target) -> str:
-    names = ["optimize"] * target.optimize + [f"quantize {target.quantize}"] * (target.quantize != "none")
-    return " -> ".join(names + ["convert to ORT"] * (target.format == "ort")) or "fp32 as exported"
+    return encode(train_examples), encode(eval_examples)
 
 
 def _pad_id(config) -> int:

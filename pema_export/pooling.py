@@ -8,8 +8,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from pema_export.models import Pooling
-
-SENTENCE_OUTPUT = "sentence_embedding"
+from pema_export.tasks import SENTENCE_OUTPUT
 MEAN_EPS = 1e-9  # sentence-transformers clamps the token count so an all-pad row cannot divide by zero
 NORM_EPS = 1e-12  # torch.nn.functional.normalize's default
 # The pooling nodes' names start with this; fp16 conversion leaves them in fp32 (NORM_EPS is 0 in fp16, and a sum

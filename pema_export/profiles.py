@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 
 from pema_export.errors import TargetError
+from pema_export.stages.formats import FORMATS
 
-FORMATS = ("onnx", "ort", "transformers.js")
 QUANTIZE = ("none", "int8", "fp16")
 ORT_OPTIMIZATION_STYLES = ("Fixed", "Runtime")
 ORT_TARGET_PLATFORMS = ("arm", "amd64")
@@ -57,9 +57,8 @@ class Target:
             "quantize": self.quantize,
             "optimize": self.optimize,
         }
-        if self.format == "ort":
-            entry["ort_optimization_style"] = self.ort_optimization_style
-            entry["ort_target_platform"] = self.ort_target_platform
+        for key in FORMATS[self.format].manifest_keys:
+            entry[key] = getattr(self, key)
         if self.guidance:
             entry["guidance"] = list(self.guidance)
         if self.max_bytes is not None:
@@ -85,7 +84,8 @@ _KEYS = {
     "guidance": (list, _is_str_list(GUIDANCE_EPS), f"a list of {', '.join(GUIDANCE_EPS)}"),
     "max_bytes": (int, lambda v: v > 0, "a positive integer (bytes)"),
 }
-_ORT_ONLY = ("ort_optimization_style", "ort_target_platform", "guidance")
+# key -> the format that alone takes it
+_FORMAT_KEYS = {key: fmt.name for fmt in FORMATS.values() for key in fmt.profile_keys}
 
 
 def builtin_targets() -> dict[str, Path]:
@@ -132,8 +132,7 @@ def parse_target(data: dict, source: str) -> Target:
         raise TargetError(
             f"target profile {source}: quantize = {target.quantize!r} is not in quantize_allowed {list(target.quantize_allowed)}"
         )
-    if target.format != "ort":
-        for key in _ORT_ONLY:
-            if key in data:
-                raise TargetError(f"target profile {source}: {key} applies only to format = \"ort\", not {target.format!r}")
+    for key, owner in _FORMAT_KEYS.items():
+        if key in data and key not in FORMATS[target.format].profile_keys:
+            raise TargetError(f"target profile {source}: {key} applies only to format = \"{owner}\", not {target.format!r}")
     return target

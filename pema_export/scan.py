@@ -8,25 +8,29 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from pema_export.corpus import CorpusSummary, batched, iter_texts, read_corpus
+from pema_export.corpus import CorpusSummary, batched, check_corpus_paths, iter_texts, read_corpus
 from pema_export.budget import BudgetError
 from pema_export.errors import TokenizerError
-from pema_export.models import ModelSource
-from pema_export.oov import check_languages, detect_languages
-from pema_export.oov import prior_words as oov_prior_words
-from pema_export.oov import PriorWords
-from pema_export.profiles import Target
-from pema_export.tokenizers import prune_tokenizer, token_closure
+from pema_export.models import ModelSource, resolve_model
+from pema_export.oov import DEFAULT as DEFAULT_OOV
+from pema_export.oov import POLICIES, OovPolicy, PolicyBytes, auto, get_policy
+from pema_export.oov.prior import PriorWords, check_languages, detect_languages
+from pema_export.oov.prior import prior_words as oov_prior_words
+from pema_export.profiles import Target, load_target
+from pema_export.stages import graph_bytes_per_layer, predicted_model_files
+from pema_export.stages.formats import format_of
+from pema_export.stages.quantize import weight_bytes
+from pema_export.tasks import Task, resolve_task, transformers_class
+from pema_export.tokenizers import check_supported, prune_tokenizer, token_closure, tokenizer_json_text
 from pema_export.vocab import (
-    DEFAULT_OOV,
     KeptVocab,
     TokenCounts,
     choose_kept_ids,
     count_tokens,
-    oov_token_ids,
     open_tokenizer,
     read_keep_tokens,
     special_token_ids,
@@ -44,6 +48,7 @@ class VocabScan:
     kept: KeptVocab
     keep_ids: set[int]
     summary: CorpusSummary
+    task: Task  # what the export makes: tasks.resolve_task on --task, the corpus's labels and the checkpoint
     prior: PriorWords | None = None
     detected_languages: dict[str, float] | None = None  # when --prior-lang was not given
     max_vocab: int | None = None  # the cap applied: --max-vocab, or the one --max-bytes chose
@@ -52,12 +57,71 @@ class VocabScan:
     oov_choice: dict | None = None  # under --oov auto: what it chose, why, and the predicted bytes it weighed
     oov_dropout: float = 0.0  # the --oov-dropout that goes with the policy when --oov-dropout is not given
 
+    @property
+    def policy(self) -> OovPolicy:
+        return POLICIES[self.oov]
+
     def coverage(self, points: int = COVERAGE_POINTS) -> list[list[float]]:
         """[vocabulary size, share of corpus tokens covered] keeping the most frequent tokens first."""
         ordered = np.sort(self.counts.counts[self.counts.counts > 0])[::-1]
         cumulative = np.cumsum(ordered) / ordered.sum()
         sizes = np.unique(np.geomspace(1, len(ordered), num=min(points, len(ordered))).round().astype(int))
         return [[int(size), round(float(cumulative[size - 1]), 6)] for size in sizes]
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    """``pema-export scan``: the model, corpus and vocabulary options it shares with the export."""
+
+    corpus: list[str]
+    model: str | None = None
+    target: str = "cpu"
+    quantize: str | None = None
+    keep_tokens: str | None = None
+    min_count: int = 1
+    oov: str = DEFAULT_OOV
+    max_vocab: int | None = None
+    max_bytes: int | None = None
+    prior_words: int | None = None
+    prior_lang: list[str] | None = None
+    heldout: str | None = None  # texts the corpus does not contain: their UNK rate is reported
+
+
+def open_source(model: str | None) -> tuple[ModelSource, dict]:
+    """The model folder ``--model`` names and its tokenizer.json, refused when its family cannot be pruned."""
+    source = resolve_model(model)
+    tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
+    check_supported(tokenizer_json)
+    return source, tokenizer_json
+
+
+def scan_report(options: ScanOptions) -> dict:
+    """Tokenize the corpus only (no training): the kept vocabulary and the predicted bundle bytes for the target,
+    and the held-out UNK rate; what ``pema-export scan --json`` prints."""
+    target = load_target(options.target, quantize=options.quantize)
+    corpus_paths = check_corpus_paths(options.corpus)
+    heldout_paths = check_corpus_paths([options.heldout]) if options.heldout else []
+    source, tokenizer_json = open_source(options.model)
+    scan = scan_vocabulary(source, tokenizer_json, corpus_paths, keep_tokens=options.keep_tokens, min_count=options.min_count,
+                           oov=options.oov, max_vocab=options.max_vocab, prior_words=options.prior_words,
+                           prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=target)
+    prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.policy)(scan.kept)
+    report = {
+        "model": source.name,
+        "target": target.name,
+        "texts": scan.counts.texts,
+        "tokens": scan.counts.tokens,
+        "vocab": {"original": scan.kept.original_size, "kept": scan.kept.size, "corpus_used": scan.counts.used_ids,
+                  "oov": scan.oov, "oov_choice": scan.oov_choice},
+        "predicted_bytes": {"model": prediction.model_bytes, "tokenizer": prediction.tokenizer_bytes,
+                            "total": prediction.total_bytes},
+    }
+    if heldout_paths:
+        # a bundle in the original numbering ships the original tokenizer: its unseen pieces never become UNK
+        shipped = tokenizer_json if scan.policy.ships_original_numbering else prune_tokenizer(tokenizer_json, scan.kept.kept_ids)
+        report["heldout_unk_rate"] = unk_rate(shipped, heldout_paths)
+        report["heldout_unk_rate_full_vocab"] = unk_rate(tokenizer_json, heldout_paths)
+    return report
 
 
 def scan_vocabulary(
@@ -75,17 +139,18 @@ def scan_vocabulary(
     prior_lang: list[str] | None = None,
     max_bytes: int | None = None,
     target: Target | None = None,
-    allow_remap: bool = True,
+    task: str | None = None,
 ) -> VocabScan:
     """Stream the corpus once: count token ids, note labels, keep a seeded sample; then choose the kept ids.
 
     ``prior_words``: also keep the tokens of that many most frequent words of ``prior_lang`` (detected from the
     corpus sample when None). ``max_bytes``: the largest vocabulary, ranked by expected benefit, whose predicted
-    ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins)."""
+    ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins). ``task``: --task, when given."""
     tokenizer = open_tokenizer(tokenizer_json)
     config = source.read_config()
     summary = CorpusSummary(sample_size=sample_size, seed=seed)
     counts = count_tokens(tokenizer, summary.observe(read_corpus(corpus_paths)))
+    resolved = resolve_task(task, summary.label_kind, config.get("architectures"))
     keep_ids = read_keep_tokens(keep_tokens, tokenizer) if keep_tokens else set()
     prior = detected = None
     if prior_words:
@@ -104,95 +169,52 @@ def scan_vocabulary(
             keep_ids=keep_ids,
             min_count=min_count,
             original_size=config.get("vocab_size"),
-            policy_ids=oov_token_ids(tokenizer_json, policy or oov),
+            policy_ids=get_policy(policy or oov).policy_ids(tokenizer_json),
             closure=token_closure(tokenizer_json),
             max_vocab=cap,
             prior_share=None if prior is None else prior.token_share,
         )
 
     oov_choice, dropout = None, 0.0
-    if oov == "auto":
+    if oov == auto.NAME:
         if target is None:
             raise ValueError("--oov auto needs the target whose bundle it weighs")
-        if summary.num_labels and allow_remap and unk_token_id(tokenizer_json) is not None:
-            oov, dropout, oov_choice = "unk", AUTO_CLASSIFIER_DROPOUT, {
-                "requested": "auto", "chosen": "unk", "oov_dropout": AUTO_CLASSIFIER_DROPOUT,
-                "reason": f"a labelled corpus: only what it uses, fine-tuned with --oov-dropout {AUTO_CLASSIFIER_DROPOUT} "
-                          "(the most held-out accuracy per byte measured, docs/oov.md)",
-            }
-        else:
-            oov, oov_choice = resolve_auto_oov(
-                {policy: bundle_bytes_predictor(source, tokenizer_json, None, target, policy)(choose(max_vocab, policy))
-                 for policy in AUTO_CANDIDATES},
-                remap_allowed=bool(allow_remap),
-            )
+        # the candidates are weighed as the model without the corpus's labels: both would carry the same head
+        unlabelled = resolve_task(task, None, config.get("architectures"))
+        oov, dropout, oov_choice = auto.choose(
+            resolved.trains_on(summary.label_kind),
+            unk_token_id(tokenizer_json) is not None,
+            {name: POLICIES[name].refusal(resolved) for name in auto.CANDIDATES},
+            lambda name: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target, POLICIES[name])(choose(max_vocab, name)),
+        )
 
     predicted = None
     if max_bytes is not None:
         if target is None:
             raise ValueError("max_bytes needs the target whose bundle it bounds")
         max_vocab, predicted = fit_max_bytes(
-            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, summary.num_labels, target, oov), max_vocab
+            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, get_policy(oov)),
+            max_vocab,
         )
     kept = choose(max_vocab)
-    return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, prior=prior,
+    return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, task=resolved, prior=prior,
                      detected_languages=detected, max_vocab=max_vocab, predicted_bytes=predicted, oov=oov, oov_choice=oov_choice,
                      oov_dropout=dropout)
 
 
-# --oov auto, from benchmarks/oov_accuracy.py and the encoder table in docs/oov.md:
-# - a labelled corpus (a classifier to fine-tune) keeps only what it uses and trains with this word dropout to UNK:
-#   held-out accuracy 0.6 points under the full vocabulary at 0.50x its bytes (median of 3 seeds), ahead of
-#   fallback and remap on every seed;
-# - otherwise (an encoder, exported as pretrained) remap and fallback are weighed by the bundle bytes each would
-#   make: remap kept sentence vectors closer to the full model's (mean cosine 0.75 vs 0.63 on text unlike the
-#   corpus) at +0.2% bytes, and is chosen unless its bundle is more than AUTO_REMAP_MAX_GROWTH larger (the original
-#   tokenizer it ships is ~17 MB for a 250k vocabulary).
-AUTO_CLASSIFIER_DROPOUT = 0.1
-AUTO_CANDIDATES = ("remap", "fallback")
-AUTO_REMAP_MAX_GROWTH = 0.02
+def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,
+                     policy: OovPolicy):
+    """kept -> predicted sizes of the bundle ``policy`` makes (what it ships instead of the pruned tokenizer counts
+    as its tokenizer bytes)."""
+    policy_bytes = policy.bytes_predictor(tokenizer_json)
+    return lambda kept: predict_sizes(source, tokenizer_json, kept, task, num_labels, target, policy_bytes)
 
 
-def resolve_auto_oov(predicted: dict[str, int], remap_allowed: bool = True) -> tuple[str, dict]:
-    """(policy, record for the manifest) from each candidate's predicted bundle bytes."""
-    growth = predicted["remap"] / predicted["fallback"] - 1
-    if not remap_allowed:
-        policy, reason = "fallback", "remap is not available for this task (fill-mask logits are over the kept rows)"
-    elif predicted["remap"] <= predicted["fallback"] * (1 + AUTO_REMAP_MAX_GROWTH) + 1e-6:
-        policy, reason = "remap", f"remap's bundle is {growth:+.1%} against fallback's (at most {AUTO_REMAP_MAX_GROWTH:+.0%})"
-    else:
-        policy, reason = "fallback", (f"remap's bundle would be {growth:+.1%} against fallback's (more than "
-                                      f"{AUTO_REMAP_MAX_GROWTH:+.0%}: the original tokenizer and id table cost too much)")
-    return policy, {"requested": "auto", "chosen": policy, "reason": reason, "predicted_bytes": dict(predicted)}
-
-
-def bundle_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):
-    """kept -> predicted sizes of the bundle ``oov`` makes. A remap bundle ships the original tokenizer and one id
-    table per model file (int32 per original id) instead of the pruned tokenizer: they count as its tokenizer
-    bytes, and the original tokenizer's are measured once (they do not depend on the kept ids)."""
-    original_tokenizer = None
-    if oov == "remap":
-        original_tokenizer = len(tokenizer_json_text(original_tokenizer_json(tokenizer_json)).encode("utf-8"))
-
-    def predict(kept: KeptVocab) -> SizePrediction:
-        remap_bytes = None
-        if original_tokenizer is not None:
-            remap_bytes = original_tokenizer + len(shipped_precisions(target)) * (4 * kept.original_size + REMAP_GRAPH_BYTES)
-        return predict_sizes(source, tokenizer_json, kept, num_labels, target, remap_bytes)
-
-    return predict
-
-
-def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, num_labels: int | None, target: Target, oov: str):
+def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,
+                           policy: OovPolicy):
     """kept -> predicted bundle bytes (``bundle_predictor``'s total)."""
-    predict = bundle_predictor(source, tokenizer_json, num_labels, target, oov)
+    predict = bundle_predictor(source, tokenizer_json, task, num_labels, target, policy)
     return lambda kept: predict(kept).total_bytes
-
-
-def original_tokenizer_json(tokenizer_json: dict) -> dict:
-    """The tokenizer a remap bundle ships: every id as it was, only the baked-in padding/truncation removed."""
-    vocab_ids = sorted(open_tokenizer(tokenizer_json).get_vocab(with_added_tokens=True).values())
-    return prune_tokenizer(tokenizer_json, np.asarray(vocab_ids, dtype=np.int64))
 
 
 def fit_max_bytes(max_bytes: int, choose, predict, max_vocab: int | None = None) -> tuple[int | None, int]:
@@ -259,98 +281,30 @@ class SizePrediction:
         return self.model_bytes + self.tokenizer_bytes + self.other_bytes
 
 
-# Bytes a bundle carries besides weights and tokenizer: config.json, tokenizer_config.json and the manifest; the
-# ORT formats add required_operators_and_types.config and the manifest's mobile section. Measured on MiniLM
-# bundles (classifier and sentence encoder): at most 6.5 kB for .onnx bundles, 17.4 kB for .ort ones.
-METADATA_BYTES = {"onnx": 6_600, "transformers.js": 6_600, "ort": 17_500}
-# Graph structure per transformer layer (nodes, names, quantization scales: everything in the model file that is
-# not a weight), by graph kind and number format, from the same bundles (file bytes minus predicted weight bytes,
-# over 6 layers; the larger of classifier and encoder). "fused": onnxruntime's transformer fusions applied.
-GRAPH_BYTES_PER_LAYER = {
-    ("onnx", "fused", "none"): 3_000,
-    ("onnx", "fused", "fp16"): 3_000,
-    ("onnx", "fused", "int8"): 8_500,
-    ("onnx", "plain", "none"): 18_500,
-    ("onnx", "plain", "fp16"): 18_500,
-    ("onnx", "plain", "int8"): 34_000,
-    ("ort", "plain", "none"): 30_000,
-    ("ort", "plain", "int8"): 41_500,
-}
-# The --oov remap table's two nodes (Gather, Cast) and names, besides its 4 bytes per original id.
-REMAP_GRAPH_BYTES = 300
-
-
-def graph_bytes_per_layer(target: Target, model_type: str, precision: str) -> int:
-    from pema_export.optimize import FUSION_MODEL_TYPES
-
-    file_format = "ort" if target.format == "ort" else "onnx"
-    kind = "fused" if target.optimize and model_type in FUSION_MODEL_TYPES else "plain"
-    # an ORT file from a fused graph is not measured: the plain one is the larger, so the prediction stays above
-    return GRAPH_BYTES_PER_LAYER.get((file_format, kind, precision)) or GRAPH_BYTES_PER_LAYER[(file_format, "plain", precision)]
-
-
-def shipped_precisions(target: Target) -> list[str]:
-    """One number format per shipped model file: the web layout ships the fp32 graph beside the quantized one."""
-    if target.format == "transformers.js" and target.quantize != "none":
-        return ["none", target.quantize]
-    return [target.quantize]
-
-
-def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, num_labels: int | None, target: Target,
-                  tokenizer_bytes: int | None = None) -> SizePrediction:
-    """Predict the bundle's bytes from the architecture's parameter shapes (built on the meta device: no weights
-    are read), the target's number format and graph kind; the tokenizer is pruned for real, so its bytes are exact
-    (``tokenizer_bytes``: what ships instead of the pruned tokenizer, e.g. a remap bundle's)."""
+def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, task: Task, num_labels: int | None,
+                  target: Target, policy_bytes: Callable[[KeptVocab, list], PolicyBytes] | None = None) -> SizePrediction:
+    """Predict the bundle's bytes from the architecture's parameter shapes (the task's ``size_class`` over
+    ``num_labels`` when the corpus gives them, built on the meta device: no weights are read) and the model files
+    the target's stages ship (their number formats and graph kinds); the tokenizer is pruned for real, so its bytes
+    are exact. ``policy_bytes`` (an OOV policy's bytes_predictor): what the policy ships instead of the pruned
+    tokenizer or adds to the model files."""
     import torch
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(source.path)
     config.vocab_size = kept.size
-    is_classifier = num_labels is not None or any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    if num_labels is not None:
+        config.num_labels = num_labels
     with torch.device("meta"):
-        if num_labels is not None:
-            config.num_labels = num_labels
-            model = AutoModelForSequenceClassification.from_config(config)
-        elif is_classifier:
-            model = AutoModelForSequenceClassification.from_config(config)
-        else:
-            model = AutoModel.from_config(config)
+        model = transformers_class(task.size_class).from_config(config)
     # an encoder is exported for its token states (and sentence pooling): the pooler's dense layer is not in the graph
-    skip = {id(p) for name, p in model.named_parameters() if name.startswith("pooler.")} if not is_classifier else set()
+    skip = set() if task.exports_pooler else {id(p) for name, p in model.named_parameters() if name.startswith("pooler.")}
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 1)
-    model_bytes = sum(
-        _weight_bytes(model, precision, skip) + graph_bytes_per_layer(target, config.model_type, precision) * layers
-        for precision in shipped_precisions(target)
-    )
+    graphs = predicted_model_files(target, config.model_type)
+    model_bytes = sum(weight_bytes(model, graph.precision, skip) + graph_bytes_per_layer(graph) * layers for graph in graphs)
+    added = policy_bytes(kept, graphs) if policy_bytes is not None else PolicyBytes(tokenizer=None)
+    tokenizer_bytes = added.tokenizer
     if tokenizer_bytes is None:
         tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
-    return SizePrediction(
-        model_bytes=model_bytes,
-        tokenizer_bytes=tokenizer_bytes,
-        other_bytes=METADATA_BYTES.get(target.format, max(METADATA_BYTES.values())),
-    )
-
-
-def _weight_bytes(model, quantize: str, skip: set[int] = frozenset()) -> int:
-    from torch import nn
-
-    # int8 (quantize.py) stores Linear weights (MatMul) as int8 with a scale and zero point per output channel, and
-    # embedding tables (Gather) as uint8 with one scale and zero point; everything else stays fp32.
-    linear = {id(m.weight): m.weight.shape[0] for m in model.modules() if isinstance(m, nn.Linear)}
-    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    total = 0
-    for parameter in {id(p): p for p in model.parameters() if id(p) not in skip}.values():
-        if quantize == "int8" and id(parameter) in linear:
-            total += parameter.numel() + 5 * linear[id(parameter)]
-        elif quantize == "int8" and id(parameter) in embedding:
-            total += parameter.numel() + 5
-        elif quantize == "fp16":
-            total += parameter.numel() * 2
-        else:
-            total += parameter.numel() * 4
-    return total
-
-
-def tokenizer_json_text(data: dict) -> str:
-    """The one way a tokenizer.json is serialized, so predicted and written bytes agree."""
-    return json.dumps(data, ensure_ascii=False, indent=2)
+    return SizePrediction(model_bytes=model_bytes + added.model, tokenizer_bytes=tokenizer_bytes,
+                          other_bytes=format_of(target).metadata_bytes)

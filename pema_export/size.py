@@ -7,13 +7,13 @@ read it, following it through DequantizeLinear/Transpose/Cast chains.
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pema_export.bundle import MANIFEST_NAME
+from pema_export.manifest import Manifest
 
 PARTS = ("token_embedding", "position_embeddings", "encoder_layers", "head", "other")
 MODEL_SUFFIXES = (".onnx", ".ort")
@@ -63,7 +63,7 @@ class FileSize:
 class SizeReport:
     bundle_dir: Path
     files: list[FileSize]
-    manifest: dict | None = field(default=None, repr=False)
+    manifest: Manifest | None = field(default=None, repr=False)
 
     @property
     def total_bytes(self) -> int:
@@ -129,7 +129,7 @@ def bundle_report(bundle_dir: str | Path) -> SizeReport:
     if not files:
         raise OutputError(f"bundle folder {bundle_dir} is empty")
     manifest_path = bundle_dir / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+    manifest = Manifest.read(manifest_path) if manifest_path.is_file() else None
     return SizeReport(bundle_dir=bundle_dir, files=files, manifest=manifest)
 
 
@@ -230,8 +230,8 @@ def render_table(report: SizeReport) -> str:
         rows.append("")
         rows.append("(no pema-manifest.json: sizes are read from the files alone)")
     else:
-        vocab = report.manifest.get("vocab", {})
+        vocab = report.manifest.vocab
         if vocab:
             rows.append("")
-            rows.append(f"vocabulary: {vocab.get('kept', 0):,} of {vocab.get('original', 0):,} tokens kept")
+            rows.append(f"vocabulary: {vocab.kept or 0:,} of {vocab.original or 0:,} tokens kept")
     return "\n".join(rows)

@@ -13,7 +13,8 @@ def plot_report(report: SizeReport, out: str | Path) -> Path:
     matplotlib.use("Agg")  # files only: no display on CI machines
     import matplotlib.pyplot as plt
 
-    coverage = ((report.manifest or {}).get("vocab") or {}).get("coverage")
+    vocab = report.manifest.vocab if report.manifest else None
+    coverage = vocab.coverage if vocab else None
     figure, axes = plt.subplots(1, 2 if coverage else 1, figsize=(12 if coverage else 7, 4.5), squeeze=False)
     parts = {name: size for name, size in report.parts().items() if size}
     deflated = report.parts(deflated=True)
@@ -29,7 +30,7 @@ def plot_report(report: SizeReport, out: str | Path) -> Path:
     bars.set_xlim(0, max(parts.values()) / 1e6 * 1.35)
     if coverage:
         curve = axes[0][1]
-        kept = (report.manifest or {}).get("vocab", {}).get("kept")
+        kept = vocab.kept
         curve.plot([k for k, _ in coverage], [share * 100 for _, share in coverage], marker=".", color="#4477aa")
         if kept:
             curve.axvline(kept, color="#cc6677", linestyle="--", label=f"kept: {kept:,} tokens")

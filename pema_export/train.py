@@ -1,4 +1,4 @@
-"""Fine-tune a sequence classifier whose embedding already holds only the kept rows."""
+"""Fine-tune a model whose embedding already holds only the kept rows, on its task's labels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from pema_export.errors import CorpusError, PemaError
+from pema_export.tasks import accuracy
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 5  # the CLI's defaults; why: see cli.py
+    epochs: int = 5  # the CLI's defaults; why: see cli/export.py
     lr: float = 1e-4
     batch_size: int = 16
     weight_decay: float = 0.01  # never applied to embeddings, biases or LayerNorm (see README: PEMA and decay)
@@ -127,8 +128,8 @@ def drop_words(ids: list[int], spans: list[tuple[int, int]], rate: float, substi
 
 
 def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad_id: int, options: TrainOptions,
-              dropout=None) -> TrainReport:
-    """AdamW with linear warm-up/decay and gradient clipping; held-out accuracy after each epoch.
+              dropout=None, metric: Callable[[Sequence, Sequence], float] = accuracy) -> TrainReport:
+    """AdamW with linear warm-up/decay and gradient clipping; the task's held-out ``metric`` after each epoch.
 
     ``dropout`` (``oov.OovDropout``): each epoch, words of the training texts are replaced with probability
     ``dropout.rate`` by ``dropout.substitute(ids)``, drawn from ``options.seed``: fresh words each epoch."""
@@ -165,22 +166,23 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
             bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.update()
         bar.close()
-        report.eval_accuracy_per_epoch.append(evaluate(model, eval_set, pad_id, options.batch_size, device))
+        report.eval_accuracy_per_epoch.append(evaluate(model, eval_set, pad_id, options.batch_size, device, metric))
     report.seconds = time.perf_counter() - started
     model.eval()
     return report
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, eval_set: EncodedSet, pad_id: int, batch_size: int, device=torch.device("cpu")) -> float:
+def evaluate(model: nn.Module, eval_set: EncodedSet, pad_id: int, batch_size: int, device=torch.device("cpu"),
+             metric: Callable[[Sequence, Sequence], float] = accuracy) -> float:
+    """The task's ``metric`` of the model's top answers on ``eval_set``."""
     model.eval()
-    correct = 0
+    predicted = []
     for start in range(0, len(eval_set), batch_size):
         input_ids, attention_mask = pad_batch(eval_set.input_ids[start : start + batch_size], pad_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        predicted = logits.argmax(-1).cpu().tolist()
-        correct += sum(p == y for p, y in zip(predicted, eval_set.labels[start : start + batch_size]))
-    return correct / len(eval_set) if len(eval_set) else float("nan")
+        predicted += logits.argmax(-1).cpu().tolist()
+    return metric(predicted, eval_set.labels) if len(eval_set) else float("nan")
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,8 @@ from torch import nn
 from pema_export.corpus import batched
 from pema_export.errors import VerificationError
 from pema_export.models import Pooling
-from pema_export.pooling import SENTENCE_OUTPUT, pool_torch
+from pema_export.pooling import pool_torch
+from pema_export.tasks import SENTENCE_OUTPUT, CosineCloseness, Task, Top1Agreement
 from pema_export.train import pad_batch
 from pema_export.vocab import KeptVocab
 
@@ -62,16 +63,15 @@ def check_tokenization(original: Tokenizer, pruned: Tokenizer, kept: KeptVocab, 
     return FidelityReport(texts_checked=checked, tokenization_mismatches=0, texts_with_dropped_tokens=dropped)
 
 
-def torch_reference(model: nn.Module, pooling: Pooling | None) -> Callable[[torch.Tensor, torch.Tensor], dict]:
-    """The fine-tuned PyTorch model as a function of (input_ids, attention_mask) -> {onnx output name: array}."""
+def torch_reference(model: nn.Module, task: Task, pooling: Pooling | None) -> Callable[[torch.Tensor, torch.Tensor], dict]:
+    """The fine-tuned PyTorch model as a function of (input_ids, attention_mask) -> {onnx output name: array}: the
+    task's outputs, and the sentence vector when the model pools."""
 
     @torch.no_grad()
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, np.ndarray]:
         model.eval()
         result = model(input_ids=input_ids, attention_mask=attention_mask)
-        if hasattr(result, "logits"):
-            return {"logits": result.logits.numpy()}
-        outputs = {"last_hidden_state": result.last_hidden_state.numpy()}
+        outputs = {name: getattr(result, name).numpy() for name in task.outputs}
         if pooling is not None:
             outputs[SENTENCE_OUTPUT] = pool_torch(pooling, result.last_hidden_state, attention_mask).numpy()
         return outputs
@@ -122,22 +122,17 @@ def check_parity(
 # --- Post-export stages (optimize, quantize, convert): each result against the fp32 ONNX on the same corpus sample.
 
 STAGE_ATOL = PARITY_ATOL  # a stage that keeps fp32 (fusion, ORT conversion) must answer as the fp32 ONNX does
-AGREEMENT_MIN = 0.99  # int8/fp16 classifiers: share of corpus texts whose top-1 label is unchanged
-# int8/fp16 encoders: the mean cosine similarity to the fp32 output over the corpus texts, and a floor for the worst
-# text. A per-text 0.99 was too strict for what int8 can do: all-MiniLM on the sample search texts measured mean
-# 0.9942, 1st percentile 0.9901, worst 0.9895, and keeping every FFN projection in fp32 (+10.6 MB) only lifted the
-# worst to 0.9927 (README, "Targets").
-COSINE_MIN = 0.99
-COSINE_FLOOR = 0.98
 
 
 @dataclass(frozen=True)
 class OnnxReference:
-    """The fp32 ONNX model's outputs on the corpus sample, computed once and compared with every later stage."""
+    """The fp32 ONNX model's outputs on the corpus sample, computed once and compared with every later stage, and
+    the bound a reduced-precision stage is held to (the task's: tasks.Task.quantized_bound)."""
 
     texts: list[str]
     feeds: list[dict[str, np.ndarray]]  # one padded batch per entry
     outputs: list[dict[str, np.ndarray]]
+    bound: Top1Agreement | CosineCloseness
 
 
 @dataclass(frozen=True)
@@ -165,7 +160,8 @@ class StageCheck:
         return entry
 
 
-def onnx_reference(fp32_path: Path, pruned: Tokenizer, texts: list[str], pad_id: int, batch_size: int = 1) -> OnnxReference:
+def onnx_reference(fp32_path: Path, pruned: Tokenizer, texts: list[str], pad_id: int, bound: Top1Agreement | CosineCloseness,
+                   batch_size: int = 1) -> OnnxReference:
     """Run the fp32 ONNX model on ``texts`` (tokenized as the app will), one text per run by default.
 
     One text per run is how an on-device app calls the model, and it matters for int8: dynamic quantization picks
@@ -183,16 +179,15 @@ def onnx_reference(fp32_path: Path, pruned: Tokenizer, texts: list[str], pad_id:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
         feeds.append(feed)
         outputs.append(dict(zip(output_names, session.run(output_names, feed))))
-    return OnnxReference(texts=list(texts), feeds=feeds, outputs=outputs)
+    return OnnxReference(texts=list(texts), feeds=feeds, outputs=outputs, bound=bound)
 
 
 def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision: str) -> StageCheck:
     """Compare ``candidate`` (.onnx or .ort) with the fp32 ONNX; raise naming ``stage`` when it misses its bound.
 
-    fp32 stages: every output within STAGE_ATOL. int8/fp16 stages: top-1 agreement >= AGREEMENT_MIN when the model
-    has logits, else mean cosine similarity >= COSINE_MIN and every text's >= COSINE_FLOOR (sentence_embedding when the model pools,
-    otherwise the token states of the text's real tokens). Padded positions are never compared: fused attention
-    leaves them undefined and no app reads them.
+    fp32 stages: every output within STAGE_ATOL. int8/fp16 stages: the reference's bound (top-1 agreement, or the
+    cosine of the sentence vector or of the token states of the text's real tokens). Padded positions are never
+    compared: fused attention leaves them undefined and no app reads them.
     """
     try:
         session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
@@ -204,9 +199,8 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
     missing = [name for name in names if name not in {o.name for o in session.get_outputs()}]
     if missing:
         raise VerificationError(f"stage {stage!r} failed: the model lost its output(s) {', '.join(missing)}")
-    worst, agree, units, cosines = 0.0, 0, 0, []
-    first_miss = worst_text = None
-    min_so_far = 1.0
+    compared = reference.bound.compared_output(names)
+    worst, rows = 0.0, []
     text_index = 0
     for feed, want in zip(reference.feeds, reference.outputs):
         got = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in session_inputs})))
@@ -222,49 +216,12 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
                         f"on corpus text {text[:80]!r}"
                     )
                 worst = max(worst, diff)
-            if "logits" in names:
-                # per text for a classifier, per real token for a masked LM
-                same = _real_tokens(got["logits"][row], mask[row]).argmax(-1) == _real_tokens(want["logits"][row], mask[row]).argmax(-1)
-                agree, units = agree + int(np.sum(same)), units + int(np.size(same))
-                if first_miss is None and not np.all(same):
-                    first_miss = text
-            else:
-                name = SENTENCE_OUTPUT if SENTENCE_OUTPUT in names else names[0]
-                a = _real_tokens(got[name][row], mask[row]).astype(np.float64).ravel()
-                b = _real_tokens(want[name][row], mask[row]).astype(np.float64).ravel()
-                cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
-                if not cosines or cosine < min_so_far:
-                    min_so_far, worst_text = cosine, text
-                cosines.append(cosine)
+            rows.append((_real_tokens(got[compared][row], mask[row]), _real_tokens(want[compared][row], mask[row]), text))
         text_index += mask.shape[0]
     checked = len(reference.texts)
     if precision == "fp32":
         return StageCheck(stage, precision, checked, worst, bound=f"max_abs_diff <= {STAGE_ATOL:g}")
-    if "logits" in names:
-        agreement = agree / max(units, 1)
-        check = StageCheck(stage, precision, checked, worst, top1_agreement=agreement, bound=f"top1_agreement >= {AGREEMENT_MIN:g}")
-        if agreement < AGREEMENT_MIN:
-            raise VerificationError(
-                f"stage {stage!r} failed: top-1 agreement with fp32 is {agreement:.2%} ({agree} of {units}) < "
-                f"{AGREEMENT_MIN:.0%} on {checked} corpus texts; first disagreement on {first_miss[:80]!r} "
-                "(train longer for larger margins, or ship fp32 with --quantize none)"
-            )
-        return check
-    lowest, mean = min(cosines), float(np.mean(cosines))
-    check = StageCheck(
-        stage, precision, checked, worst, min_cosine=lowest, mean_cosine=mean,
-        bound=f"mean_cosine >= {COSINE_MIN:g} and min_cosine >= {COSINE_FLOOR:g}",
-    )
-    if mean < COSINE_MIN:
-        raise VerificationError(
-            f"stage {stage!r} failed: mean cosine similarity to fp32 is {mean:.4f} < {COSINE_MIN:g} on {checked} corpus texts "
-            "(ship fp32 with --quantize none)"
-        )
-    if lowest < COSINE_FLOOR:
-        raise VerificationError(
-            f"stage {stage!r} failed: cosine similarity to fp32 is {lowest:.4f} < {COSINE_FLOOR:g} on corpus text {worst_text[:80]!r}"
-        )
-    return check
+    return StageCheck(stage, precision, checked, worst, **reference.bound.judge(stage, rows, checked))
 
 
 def _real_tokens(value: np.ndarray, mask_row: np.ndarray) -> np.ndarray:

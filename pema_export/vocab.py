@@ -4,13 +4,7 @@ Kept ids = ids the corpus uses (at least ``min_count`` times) ∪ special and ad
 ∪ what the OOV policy and the tokenizer family need, closed under BPE's merges, optionally capped at
 ``max_vocab``. They stay in their original relative order, so new id ``i`` is the ``i``-th kept original id.
 
-The OOV policy decides what text the corpus never had turns into:
-- ``fallback``: keep every single-character piece and its continuation form, so an unseen word degrades to
-  known characters (UNK only for characters the full vocabulary lacks too);
-- ``unk``: keep only what the corpus uses; an unseen word re-segments into kept pieces or becomes UNK;
-- ``remap``: keep only what the corpus uses, ship the original tokenizer, and run each dropped token as the kept
-  token whose pretrained embedding is closest (a table in the graph; see ``pema_export.oov``).
-Byte-level BPE keeps its 256 byte symbols under both: it has no UNK, and every text must still encode.
+What the OOV policy keeps and why: ``pema_export.oov``.
 """
 
 from __future__ import annotations
@@ -25,13 +19,6 @@ from tokenizers import Tokenizer
 
 from pema_export.corpus import batched
 from pema_export.errors import CorpusError, TokenizerError
-from pema_export.tokenizers import family_module
-
-OOV_POLICIES = ("fallback", "unk", "remap")
-# what --oov takes: a policy, or "auto", which scan.scan_vocabulary resolves to one for the model and target
-OOV_CHOICES = ("auto", *OOV_POLICIES)
-# Resolved per corpus, model and target by scan.scan_vocabulary (the evidence: docs/oov.md, benchmarks/oov_accuracy.py).
-DEFAULT_OOV = "auto"
 
 # config.json fields that hold token ids; each must survive pruning and be renumbered.
 CONFIG_ID_FIELDS = (
@@ -162,16 +149,6 @@ def read_keep_tokens(path: str | Path, tokenizer: Tokenizer) -> set[int]:
     return ids
 
 
-def oov_token_ids(tokenizer_json: dict, oov: str) -> set[int]:
-    """Ids kept whatever the corpus says: what the family needs for any text to encode (byte-level BPE's byte
-    symbols, Unigram's lowest-scored piece) and, under ``oov="fallback"``, every single-character piece.
-    ``remap`` needs nothing more: the original tokenizer ships, so no text has to encode with kept pieces alone."""
-    if oov not in OOV_POLICIES:
-        raise TokenizerError(f"--oov {oov!r} is not a policy (choose from: {', '.join(OOV_POLICIES)})")
-    family = family_module(tokenizer_json)
-    return family.fallback_ids(tokenizer_json) if oov == "fallback" else family.required_ids(tokenizer_json)
-
-
 def choose_kept_ids(
     counts: TokenCounts,
     special_ids: Iterable[int],
@@ -189,8 +166,8 @@ def choose_kept_ids(
     by original id.
 
     ``original_size`` is the number of embedding rows, which may exceed the tokenizer's vocabulary.
-    ``policy_ids`` come from :func:`oov_token_ids`; ``closure`` from ``tokenizers.token_closure``.
-    ``prior_share`` (per original id, from ``oov.prior_words``) adds the tokens of general-language words.
+    ``policy_ids`` come from the OOV policy (``oov.OovPolicy.policy_ids``); ``closure`` from ``tokenizers.token_closure``.
+    ``prior_share`` (per original id, from ``oov.prior.prior_words``) adds the tokens of general-language words.
     With ``max_vocab``, specials, keep_ids and policy_ids are kept first, then candidates by expected benefit,
     each with its closure, while they fit: corpus tokens first (dropping one breaks exactness on corpus texts),
     ranked by their expected frequency in the app's text, count + corpus_tokens * prior_share (the corpus and

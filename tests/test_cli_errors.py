@@ -94,6 +94,17 @@ def test_unknown_target(capsys, tmp_path, tiny_bert):
                    "--target", "toaster")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--min-count", "0"], "--min-count must be at least 1"),
+    (["--max-vocab", "0"], "--max-vocab must be at least 1"),
+    (["--prior-words", "0"], "--prior-words must be at least 1"),
+])
+def test_scan_checks_the_shared_options_as_the_export_does(capsys, tmp_path, tiny_bert, args, message):
+    code, line = run(capsys, "scan", "--model", tiny_bert, "--corpus", corpus(tmp_path, "hello\n"), *args)
+    assert (code, line) == (2, f"pema-export: error: {message}")
+    assert_refused(capsys, tmp_path, message, "--model", tiny_bert, "--corpus", corpus(tmp_path, "hello\n"), *args)
+
+
 def test_failed_verification_keeps_the_earlier_bundle(capsys, tmp_path, tiny_bert, monkeypatch):
     texts = corpus(tmp_path, "where is my order\nrefund please\n")
     out = tmp_path / "bundle" / "model.onnx"

@@ -15,6 +15,7 @@ from conftest import ELECTRA_TOKENIZER_CONFIG, ROBERTA_IDS, TINY_SIZES, TRAINING
 from pema_export.models import resolve_model
 from pema_export.pema import input_embedding, load_partial_model
 from pema_export.pipeline import ExportOptions, run
+from pema_export.tasks import TASKS
 from pema_export.vocab import KeptVocab
 
 CORPUS = TRAINING_TEXT[:30]
@@ -69,7 +70,7 @@ def test_fill_mask_logits_cover_exactly_the_kept_vocabulary_and_predict_the_same
     # fp32: the comparison with the full PyTorch model is exact up to float error (int8 is checked elsewhere, on a
     # trained model; a random head's logits are too flat for it).
     manifest = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(folder), task="fill-mask",
-                                 oov="unk", keep_tokens=str(keep), quantize="none")).manifest
+                                 oov="unk", keep_tokens=str(keep), quantize="none")).manifest.to_json()
 
     assert manifest["model"]["task"] == "fill-mask" and manifest["parity"]["outputs"] == ["logits"]
     pruned = Tokenizer.from_file(str(out.parent / "tokenizer.json"))
@@ -93,7 +94,7 @@ def test_partial_masked_lm_keeps_its_output_projection_tied(mlm):
     vocab_size = json.loads((folder / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     # Every third row, and the special ids 0..4 (pad, bos/eos, unk, mask) the config refers to.
     kept = KeptVocab(kept_ids=np.union1d(np.arange(0, 200, 3), np.arange(5)), original_size=vocab_size, unk_id=None)
-    model = load_partial_model(source, kept, labels=None, task="fill-mask").model
+    model = load_partial_model(source, kept, TASKS["fill-mask"]).model
     output = model.get_output_embeddings()
     assert output.weight is input_embedding(model).weight
     assert output.weight.shape[0] == output.bias.shape[0] == kept.size

@@ -16,13 +16,17 @@ import pytest
 from onnx import numpy_helper
 
 from conftest import REPO, SAMPLES, run_cli, sample_head
-from pema_export import oov
+from pema_export.oov import POLICIES
+from pema_export.oov import prior as oov_prior
+from pema_export.oov import remap as oov_remap
 from pema_export.budget import BudgetError
 from pema_export.errors import TokenizerError
 from pema_export.models import resolve_model
 from pema_export.pipeline import ExportOptions, run
 from pema_export.profiles import load_target
 from pema_export.scan import bundle_bytes_predictor, scan_vocabulary
+from pema_export.stages.id_table import ID_MAP_NAME
+from pema_export.tasks import TASKS
 from pema_export.train import TrainOptions, drop_words, word_spans
 from pema_export.vocab import TokenCounts, choose_kept_ids, open_tokenizer, special_token_ids
 
@@ -37,22 +41,22 @@ def minilm_tokenizer_json():
 def test_the_corpus_language_is_detected_per_text():
     english = [line.split("\t", 1)[1] for line in (SAMPLES / "app_texts.txt").read_text(encoding="utf-8").splitlines()[:60]]
     german = ["Wo ist meine Bestellung, sie sollte schon längst da sein", "Ich möchte mein Geld zurück, das Essen war kalt"] * 10
-    assert list(oov.detect_languages(english)) == ["en"]
-    assert list(oov.detect_languages(german)) == ["de"]
+    assert list(oov_prior.detect_languages(english)) == ["en"]
+    assert list(oov_prior.detect_languages(german)) == ["de"]
     # a few stray texts in another language do not buy that language a prior
-    assert list(oov.detect_languages(english + german[:6])) == ["en"]
-    assert set(oov.detect_languages(english[:20] + german)) == {"en", "de"}
+    assert list(oov_prior.detect_languages(english + german[:6])) == ["en"]
+    assert set(oov_prior.detect_languages(english[:20] + german)) == {"en", "de"}
 
 
 def test_prior_words_are_the_model_tokenizers_tokens_of_common_words(minilm_tokenizer_json):
     tokenizer = open_tokenizer(minilm_tokenizer_json)
-    prior = oov.prior_words(tokenizer, ["en"], 2000, tokenizer.get_vocab_size())
+    prior = oov_prior.prior_words(tokenizer, ["en"], 2000, tokenizer.get_vocab_size())
     vocab = tokenizer.get_vocab()
     assert {vocab["the"], vocab["because"], vocab["yesterday"]} <= prior.ids
     assert vocab["helicopter"] not in prior.ids  # a real word, but not among the 2,000 most frequent
     assert prior.token_share[vocab["the"]] > prior.token_share[vocab["because"]] > 0
     assert prior.token_share.sum() == pytest.approx(1.0)
-    assert oov.prior_words(tokenizer, ["en"], 20000, tokenizer.get_vocab_size()).ids > prior.ids
+    assert oov_prior.prior_words(tokenizer, ["en"], 20000, tokenizer.get_vocab_size()).ids > prior.ids
 
 
 def test_the_budget_keeps_corpus_tokens_first_then_prior_tokens_by_frequency():
@@ -70,7 +74,7 @@ def test_max_bytes_picks_the_largest_vocabulary_that_fits(tiny_bert, labelled_co
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     target = load_target("cpu")
     whole = scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"])
-    predict = bundle_bytes_predictor(source, tokenizer_json, 6, target, "unk")
+    predict = bundle_bytes_predictor(source, tokenizer_json, TASKS["text-classification"], 6, target, POLICIES["unk"])
     limit = (predict(whole.kept) + predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk").kept)) // 2
     budget = scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"],
                              max_bytes=limit, target=target)
@@ -89,7 +93,7 @@ def test_a_bundle_over_max_bytes_is_not_written(tiny_bert, labelled_corpus, tmp_
 
     source = resolve_model(str(tiny_bert))
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
-    predict = bundle_bytes_predictor(source, tokenizer_json, 6, load_target("cpu"), "unk")
+    predict = bundle_bytes_predictor(source, tokenizer_json, TASKS["text-classification"], 6, load_target("cpu"), POLICIES["unk"])
     smallest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk").kept)
     largest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"]).kept)
     limit, under = (smallest + largest) // 2, (largest - smallest) // 4
@@ -106,12 +110,12 @@ def test_a_bundle_over_max_bytes_is_not_written(tiny_bert, labelled_corpus, tmp_
 
 
 def test_auto_takes_remap_unless_its_bundle_grows_more_than_two_percent():
-    from pema_export.scan import resolve_auto_oov
+    from pema_export.oov.auto import resolve_auto_oov
 
     assert resolve_auto_oov({"remap": 102, "fallback": 100})[0] == "remap"
     policy, record = resolve_auto_oov({"remap": 103, "fallback": 100})
     assert policy == "fallback" and "+3.0%" in record["reason"] and record["predicted_bytes"] == {"remap": 103, "fallback": 100}
-    assert resolve_auto_oov({"remap": 90, "fallback": 100}, remap_allowed=False)[0] == "fallback"
+    assert resolve_auto_oov({"remap": 90, "fallback": 100}, unavailable="fill-mask logits are over the kept rows")[0] == "fallback"
 
 
 def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny_bert, labelled_corpus, tmp_path):
@@ -138,13 +142,13 @@ def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny
 
 def test_the_default_is_auto_and_the_manifest_and_scan_say_what_it_chose(tiny_bert, labelled_corpus, tmp_path):
     out = tmp_path / "app" / "model.onnx"
-    manifest = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), train=TrainOptions(epochs=1))).manifest
+    manifest = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), train=TrainOptions(epochs=1))).manifest.to_json()
     choice = manifest["vocab"]["oov_choice"]
     assert manifest["vocab"]["oov"] == choice["chosen"] == "unk" and choice["requested"] == "auto"
     assert manifest["training"]["oov_dropout"] == choice["oov_dropout"] == 0.1 and manifest["training"]["oov_dropout_substitute"] == "UNK"
     assert manifest["vocab"]["kept"] == json.loads((out.parent / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     explicit = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "b" / "model.onnx"), model=str(tiny_bert),
-                                 train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest
+                                 train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest.to_json()
     assert explicit["vocab"]["oov"] == "unk" and explicit["training"]["oov_dropout"] == 0.0  # a given rate wins
     done = run_cli("scan", "--corpus", labelled_corpus, "--model", tiny_bert)
     assert done.returncode == 0 and "--oov unk (auto: a labelled corpus" in done.stdout
@@ -155,7 +159,7 @@ def test_nearest_kept_table_maps_dropped_ids_to_the_closest_non_special_kept_row
     embedding = rng.normal(size=(40, 8)).astype(np.float32)
     counts = TokenCounts(counts=np.r_[np.zeros(2), np.ones(10), np.zeros(28)].astype(np.int64), texts=1)
     kept = choose_kept_ids(counts, {0, 1}, unk_id=1)
-    tables = oov.nearest_kept_table(embedding, kept, {0, 1})
+    tables = oov_remap.nearest_kept_table(embedding, kept, {0, 1})
     unit = embedding / np.linalg.norm(embedding, axis=1, keepdims=True)
     candidates = np.arange(2, 12)
     for old in range(40):
@@ -191,7 +195,7 @@ def remap_bundles(tmp_path_factory, tiny_bert, heldout_file):
         out = tmp_path_factory.mktemp(f"remap-{target}") / "app" / "model.onnx"
         result = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_bert), target=target, oov="remap",
                                    eval_file=str(heldout_file), train=TrainOptions(epochs=1, oov_dropout=0.1)))
-        bundles[target] = (out.parent, result.manifest)
+        bundles[target] = (out.parent, result.manifest.to_json())
     return bundles
 
 
@@ -205,7 +209,7 @@ def test_a_remap_bundle_ships_the_original_tokenizer_and_an_exact_id_table(remap
     texts = UNSEEN + [line.split("\t", 1)[1] for line in (SAMPLES / "heldout.txt").read_text(encoding="utf-8").splitlines()[:20]]
     assert [e.ids for e in round_trip.encode_batch(texts)] == [e.ids for e in original.encode_batch(texts)]
     graph = onnx.load(str(bundle / "model.onnx")).graph
-    table = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == oov.ID_MAP_NAME)
+    table = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == ID_MAP_NAME)
     config = json.loads((bundle / "config.json").read_text(encoding="utf-8"))
     assert table.dtype == np.int32 and len(table) == original.get_vocab_size() == config["vocab_size"]
     kept_rows = manifest["vocab"]["kept"]
@@ -220,13 +224,13 @@ def test_a_remap_bundle_runs_original_ids_as_their_nearest_kept_rows(remap_bundl
     bundle, _ = remap_bundles["web"]
     tokenizer = open_tokenizer(bundle / "tokenizer.json")
     model = onnx.load(str(bundle / "onnx/model.onnx"))
-    table = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == oov.ID_MAP_NAME).astype(np.int64)
+    table = next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == ID_MAP_NAME).astype(np.int64)
     # the same graph without the table, fed the table's ids by hand, must answer identically
     plain = onnx.load(str(bundle / "onnx/model.onnx"))
     del plain.graph.node[:2]
     for node in plain.graph.node:
         node.input[:] = ["input_ids" if name == "input_ids_pruned" else name for name in node.input]
-    plain.graph.initializer.remove(next(t for t in plain.graph.initializer if t.name == oov.ID_MAP_NAME))
+    plain.graph.initializer.remove(next(t for t in plain.graph.initializer if t.name == ID_MAP_NAME))
     with_table = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     by_hand = ort.InferenceSession(plain.SerializeToString(), providers=["CPUExecutionProvider"])
     for text in UNSEEN:
@@ -247,7 +251,7 @@ def test_an_unseen_token_runs_exactly_as_its_nearest_kept_token(remap_bundles, t
     source = resolve_model(str(tiny_bert))
     tokenizer_json = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))
     kept = scan_vocabulary(source, tokenizer_json, [remap_bundles["corpus"]], oov="remap").kept
-    tables = oov.nearest_kept_table(oov.pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
+    tables = oov_remap.nearest_kept_table(oov_remap.pretrained_embedding(source), kept, special_token_ids(tokenizer_json, source.read_config()))
     assert manifest["vocab"]["kept"] == kept.size and manifest["vocab"]["remap"]["remapped_ids"] == tables.remapped_ids
     session = ort.InferenceSession(str(bundle / model_name), providers=["CPUExecutionProvider"])
     tokenizer = open_tokenizer(bundle / "tokenizer.json")
@@ -308,7 +312,7 @@ def test_an_encoder_is_held_to_the_full_vocabulary_model_on_held_out_text(tiny_s
     def heldout(name: str, **options) -> dict:
         out = tmp_path / name / "model.onnx"
         return run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_sentence_encoder), quantize="none",
-                                 eval_file=str(heldout_file), **options)).manifest["heldout"]
+                                 eval_file=str(heldout_file), **options)).manifest.to_json()["heldout"]
 
     full, pruned = heldout("full", keep_tokens=str(everything)), heldout("pruned", oov="unk")
     assert full["cosine_to_full"]["min"] > 0.9999 and full["nearest_neighbour_agreement"] == 1.0

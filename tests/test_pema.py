@@ -16,10 +16,12 @@ from conftest import TRAINING_TEXT
 from pema_export.errors import ModelError, OutputError
 from pema_export.models import ModelSource, resolve_model
 from pema_export.pema import find_safetensors, load_partial_model, map_ids, save_full_model
+from pema_export.tasks import TASKS
 from pema_export.train import EncodedSet, TrainOptions, fine_tune
 from pema_export.vocab import KeptVocab, choose_kept_ids, count_tokens, open_tokenizer, special_token_ids, unk_token_id
 
 LABELS = ["a", "b", "c"]
+CLASSIFIER = TASKS["text-classification"]
 
 
 def kept_for(folder: Path, texts: list[str]) -> KeptVocab:
@@ -68,7 +70,7 @@ def test_sliced_load_gives_the_full_models_outputs_on_in_vocabulary_input(tiny_b
     texts = corpus[0] + corpus[1]
     kept = kept_for(tiny_bert, texts)
     assert kept.size < kept.original_size
-    partial = load_partial_model(source(tiny_bert), kept, labels=LABELS)
+    partial = load_partial_model(source(tiny_bert), kept, CLASSIFIER, labels=LABELS)
     full = full_classifier(tiny_bert, partial.model)
     ids = encode(tiny_bert, texts)
     new_ids = [map_ids(kept, np.asarray(seq)).tolist() for seq in ids]
@@ -81,9 +83,9 @@ def test_sliced_load_gives_the_full_models_outputs_on_in_vocabulary_input(tiny_b
 def test_fresh_head_depends_only_on_the_seed(tiny_bert, corpus):
     kept = kept_for(tiny_bert, corpus[0])
     other_kept = kept_for(tiny_bert, corpus[1])  # another vocabulary must not change the head
-    first = load_partial_model(source(tiny_bert), kept, labels=LABELS, seed=3).model.classifier.weight
-    again = load_partial_model(source(tiny_bert), other_kept, labels=LABELS, seed=3).model.classifier.weight
-    other = load_partial_model(source(tiny_bert), kept, labels=LABELS, seed=4).model.classifier.weight
+    first = load_partial_model(source(tiny_bert), kept, CLASSIFIER, labels=LABELS, seed=3).model.classifier.weight
+    again = load_partial_model(source(tiny_bert), other_kept, CLASSIFIER, labels=LABELS, seed=3).model.classifier.weight
+    other = load_partial_model(source(tiny_bert), kept, CLASSIFIER, labels=LABELS, seed=4).model.classifier.weight
     assert torch.equal(first, again)
     assert not torch.equal(first, other)
 
@@ -107,7 +109,7 @@ def test_other_checkpoint_layouts_load_the_same_model(tiny_bert, corpus, tmp_pat
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).write_bytes((tiny_bert / name).read_bytes())
     kept = kept_for(tiny_bert, corpus[0])
-    partial = load_partial_model(source(folder), kept, labels=LABELS)
+    partial = load_partial_model(source(folder), kept, CLASSIFIER, labels=LABELS)
     ids = encode(tiny_bert, corpus[0][:8])  # texts the kept vocabulary was counted on
     new_ids = [map_ids(kept, np.asarray(seq)).tolist() for seq in ids]
     reference, got = logits(model, ids), logits(partial.model, new_ids)
@@ -126,7 +128,7 @@ def test_checkpoint_missing_an_encoder_weight_is_a_clear_error(tiny_bert, corpus
     del state["encoder.layer.1.output.dense.weight"]
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelError, match="encoder.layer.1.output.dense.weight"):
-        load_partial_model(source(folder), kept_for(tiny_bert, corpus[0]), labels=LABELS)
+        load_partial_model(source(folder), kept_for(tiny_bert, corpus[0]), CLASSIFIER, labels=LABELS)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak RSS")
@@ -144,7 +146,10 @@ def test_loading_never_reads_the_dropped_embedding_rows(tmp_path):
         from pathlib import Path
         from pema_export.models import ModelSource
         from pema_export.pema import find_safetensors, load_partial_model
+        from pema_export.tasks import TASKS
         from pema_export.vocab import KeptVocab
+
+        CLASSIFIER = TASKS["text-classification"]
 
         def reset_peak():
             Path("/proc/self/clear_refs").write_text("5")
@@ -154,10 +159,10 @@ def test_loading_never_reads_the_dropped_embedding_rows(tmp_path):
 
         folder = Path({str(folder)!r})
         source = ModelSource("big", folder, None)
-        load_partial_model(source, KeptVocab(np.arange(10), 400_000, None), labels=["x", "y"])  # imports, caches
+        load_partial_model(source, KeptVocab(np.arange(10), 400_000, None), CLASSIFIER, labels=["x", "y"])  # imports, caches
         kept = KeptVocab(np.unique(np.r_[0, np.random.default_rng(0).integers(0, 400_000, 1000)]), 400_000, None)
         reset_peak(); before = peak_mb()
-        partial = load_partial_model(source, kept, labels=["x", "y"])
+        partial = load_partial_model(source, kept, CLASSIFIER, labels=["x", "y"])
         sliced = peak_mb() - before
         reset_peak(); before = peak_mb()
         whole = find_safetensors(folder).read("embeddings.word_embeddings.weight")
@@ -183,7 +188,7 @@ def trained_pair(tiny_bert, corpus):
     pema_eval_ids = [map_ids(kept, np.asarray(s)).tolist() for s in eval_ids]
     # Weight decay is on (the default 0.01): train.py never applies it to embeddings, so unused rows stay put.
     options = TrainOptions(epochs=2, lr=1e-3, batch_size=8, seed=5)
-    partial = load_partial_model(source(tiny_bert), kept, labels=LABELS, seed=5)
+    partial = load_partial_model(source(tiny_bert), kept, CLASSIFIER, labels=LABELS, seed=5)
     full = full_classifier(tiny_bert, partial.model)
     pretrained = full.get_input_embeddings().weight.detach().clone()
     full_report = fine_tune(full, EncodedSet(ids, labels), EncodedSet(eval_ids, eval_labels), 0, options)
@@ -241,7 +246,7 @@ def test_save_full_leaves_nothing_when_it_fails(trained_pair, tiny_bert, tmp_pat
 def test_minilm_loads_sliced_with_its_manifest_sizes():
     minilm = resolve_model(None)
     kept = kept_for(minilm.path, TRAINING_TEXT[:50])
-    partial = load_partial_model(minilm, kept, labels=LABELS)
+    partial = load_partial_model(minilm, kept, CLASSIFIER, labels=LABELS)
     assert partial.original_embedding_params == 30522 * 384
     assert partial.exported_embedding_params == kept.size * 384
     assert partial.original_params - partial.exported_params == (30522 - kept.size) * 384

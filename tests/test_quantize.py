@@ -8,10 +8,10 @@ import onnx
 import pytest
 
 from conftest import sample_head
-from pema_export.optimize import optimize_onnx
-from pema_export.ort_format import convert_to_ort, ort_embedding_bytes
 from pema_export.pipeline import ExportOptions, run
-from pema_export.quantize import embedding_bytes, quantize_model
+from pema_export.stages.optimize import optimize_onnx
+from pema_export.stages.ort_format import convert_to_ort, ort_embedding_bytes
+from pema_export.stages.quantize import embedding_bytes, quantize_model
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def tiny_fp32(tmp_path_factory, tiny_bert) -> tuple[Path, int]:
     out = tmp_path_factory.mktemp("fp32") / "model.onnx"
     # fallback: the plain pruned graph, without a remap table in front (what the later stages take as input)
     result = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(tiny_bert), target="web", quantize="none", oov="fallback"))
-    return out.parent / "onnx" / "model.onnx", result.manifest["vocab"]["kept"]
+    return out.parent / "onnx" / "model.onnx", result.manifest.vocab.kept
 
 
 @pytest.mark.parametrize("precision", ["int8", "fp16"])

@@ -7,6 +7,7 @@ import pytest
 
 from pema_export.budget import BudgetError, check_bundle, load_budget, parse_size
 from pema_export.cli import main
+from pema_export.manifest import Manifest
 from pema_export.size import PARTS, bundle_report
 from conftest import SAMPLES
 
@@ -24,6 +25,15 @@ def tiny_fp32_bundle(tmp_path_factory, tiny_bert):
     assert main(["--model", str(tiny_bert), "--corpus", str(SAMPLES / "search_texts.txt"), "--out", str(out),
                  "--quantize", "none", "--quiet"]) == 0
     return out.parent
+
+
+def test_the_manifest_reads_back_into_the_same_bytes(tiny_bundle):
+    """The typed manifest the summary, size and check read is the file itself: read and written again, no key,
+    value or order changes (the OOV policies' entries, spread among the vocab keys, included)."""
+    text = (tiny_bundle / "pema-manifest.json").read_text(encoding="utf-8")
+    manifest = Manifest.from_json(json.loads(text))
+    assert list(manifest.vocab.policies) == ["remap"] and manifest.stages[0]["stage"] == "export"
+    assert json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n" == text
 
 
 def test_parts_come_from_the_initializers_and_add_up(tiny_fp32_bundle):
@@ -44,7 +54,7 @@ def test_parts_of_a_fused_int8_graph(tiny_bundle):
     report = bundle_report(tiny_bundle)
     manifest = report.manifest
     model = next(f for f in report.files if f.name == "model.onnx")
-    quantized_table = manifest["embedding_bytes"]["model.onnx"]
+    quantized_table = manifest.embedding_bytes["model.onnx"]
     assert quantized_table["dtype"] == "uint8"
     # the uint8 table plus its scale and zero point, found through the fused EmbedLayerNormalization's inputs
     assert 0 <= model.breakdown.parts["token_embedding"] - quantized_table["bytes"] <= 8
@@ -120,7 +130,7 @@ def test_baseline_growth_and_tolerance(tiny_bundle, tmp_path, capsys):
     capsys.readouterr()
     assert main(["check", str(tiny_bundle), "--baseline", str(old), "--tolerance", "2%"]) == 1
     assert "model.onnx" in capsys.readouterr().out and "+3.0% since baseline" in "".join(
-        check_bundle(bundle_report(tiny_bundle), baseline=baseline, tolerance=0.02)
+        check_bundle(bundle_report(tiny_bundle), baseline=Manifest.from_json(baseline), tolerance=0.02)
     )
     baseline["model"]["source"] = "someone/else"
     other = write(tmp_path, "other.json", json.dumps(baseline))

@@ -12,13 +12,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import sample_head
-from pema_export import quantize as quantize_module
+from pema_export.stages import quantize as quantize_module
 from pema_export.bundle import MANIFEST_NAME
 from pema_export.cli import main
 from pema_export.errors import TargetError, VerificationError
 from pema_export.pipeline import ExportOptions, run
 from pema_export.pooling import POOL_NODE_PREFIX
 from pema_export.profiles import builtin_targets, load_target
+from pema_export.tasks import TASKS
 from pema_export.verify import OnnxReference, check_stage
 
 EXPECTED_FILES = {
@@ -28,6 +29,7 @@ EXPECTED_FILES = {
     "web": {"onnx/model.onnx", "onnx/model_quantized.onnx"},
 }
 COMMON_FILES = {"config.json", "tokenizer.json", "tokenizer_config.json"}
+CLASSIFIER, ENCODER = TASKS["text-classification"], TASKS["feature-extraction"]
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +223,7 @@ def test_web_bundle_has_the_transformers_js_layout(tiny_bundles):
 def test_quantize_overrides_the_profile(tmp_path, tiny_bert, search_corpus, target, quantize, model, dtype, ratio):
     out = tmp_path / "app" / "model.onnx"
     result = run(ExportOptions(corpus=[str(search_corpus)], out=str(out), model=str(tiny_bert), target=target, quantize=quantize))
-    manifest = result.manifest
+    manifest = result.manifest.to_json()
     assert manifest["target"]["quantize"] == quantize
     assert model in manifest["files"]
     stages = [stage["stage"] for stage in manifest["stages"]]
@@ -244,7 +246,7 @@ def test_fp16_keeps_sentence_pooling_in_fp32(tmp_path, tiny_sentence_encoder, se
     constants = {t.name: t for t in model.graph.initializer}
     assert constants["pool/norm_eps"].data_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)  # the encoder is fp16
-    check = next(stage["check"] for stage in result.manifest["stages"] if stage["stage"] == "quantize fp16")
+    check = next(stage["check"] for stage in result.manifest.stages if stage["stage"] == "quantize fp16")
     assert check["min_cosine"] >= 0.999
     session = ort.InferenceSession(str(out.parent / model_name), providers=["CPUExecutionProvider"])
     ids = np.asarray([[2, 40, 41, 42, 3]], dtype=np.int64)
@@ -255,7 +257,7 @@ def test_fp16_keeps_sentence_pooling_in_fp32(tmp_path, tiny_sentence_encoder, se
 def test_a_sentence_encoder_is_fused_like_a_classifier(tmp_path, tiny_sentence_encoder, search_corpus):
     """The appended pooling broke the optimizer's shape inference and, with it, every attention fusion."""
     out = tmp_path / "app" / "model.onnx"
-    manifest = run(ExportOptions(corpus=[str(search_corpus)], out=str(out), model=str(tiny_sentence_encoder))).manifest
+    manifest = run(ExportOptions(corpus=[str(search_corpus)], out=str(out), model=str(tiny_sentence_encoder))).manifest.to_json()
     stages = {stage["stage"]: stage for stage in manifest["stages"]}
     assert stages["optimize"]["fused"]["Attention"] == 2 and stages["optimize"]["fused"]["EmbedLayerNormalization"] == 1
     assert stages["quantize int8"]["ops"]["QAttention"] == 2
@@ -318,18 +320,18 @@ def _bag_of_embeddings(path: Path, table: np.ndarray, output: str) -> Path:
     return path
 
 
-def _reference(path: Path, texts: int = 50) -> OnnxReference:
+def _reference(path: Path, bound, texts: int = 50) -> OnnxReference:
     rng = np.random.default_rng(1)
     feeds = [{"input_ids": rng.integers(0, 20, (1, 6)), "attention_mask": np.ones((1, 6), np.int64)} for _ in range(texts)]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = [dict(zip(names, session.run(names, feed))) for feed in feeds]
-    return OnnxReference([f"text {i}" for i in range(texts)], feeds, outputs)
+    return OnnxReference([f"text {i}" for i in range(texts)], feeds, outputs, bound)
 
 
 def test_check_stage_fp32_bound_is_1e_4(tmp_path):
     table = np.random.default_rng(0).normal(size=(20, 3))
-    reference = _reference(_bag_of_embeddings(tmp_path / "fp32.onnx", table, "logits"))
+    reference = _reference(_bag_of_embeddings(tmp_path / "fp32.onnx", table, "logits"), CLASSIFIER.quantized_bound)
     near = check_stage("optimize", _bag_of_embeddings(tmp_path / "near.onnx", table + 5e-5, "logits"), reference, "fp32")
     assert 4e-5 < near.max_abs_diff <= 1e-4 and near.texts_checked == 50
     with pytest.raises(VerificationError, match=r"^stage 'optimize' failed: logits differs from the fp32 ONNX by .* > 0\.0001"):
@@ -338,7 +340,7 @@ def test_check_stage_fp32_bound_is_1e_4(tmp_path):
 
 def test_check_stage_int8_bound_is_99_percent_top1_agreement(tmp_path):
     table = np.random.default_rng(0).normal(size=(20, 3))
-    reference = _reference(_bag_of_embeddings(tmp_path / "fp32.onnx", table, "logits"))
+    reference = _reference(_bag_of_embeddings(tmp_path / "fp32.onnx", table, "logits"), CLASSIFIER.quantized_bound)
     same = check_stage("quantize int8", _bag_of_embeddings(tmp_path / "same.onnx", table + 1e-3, "logits"), reference, "int8")
     assert same.top1_agreement == 1.0 and same.bound == "top1_agreement >= 0.99"
     swapped = table[:, [1, 0, 2]]
@@ -348,7 +350,7 @@ def test_check_stage_int8_bound_is_99_percent_top1_agreement(tmp_path):
 
 def test_check_stage_int8_bound_for_encoders_is_mean_cosine_99_with_a_floor(tmp_path):
     table = np.random.default_rng(0).normal(size=(20, 8))
-    reference = _reference(_bag_of_embeddings(tmp_path / "fp32.onnx", table, "sentence_embedding"))
+    reference = _reference(_bag_of_embeddings(tmp_path / "fp32.onnx", table, "sentence_embedding"), ENCODER.quantized_bound)
     close = check_stage("convert to ORT", _bag_of_embeddings(tmp_path / "close.onnx", table * 1.5 + 1e-3, "sentence_embedding"), reference, "int8")
     assert close.min_cosine > 0.999  # scale does not change a direction
     noisy = table + np.random.default_rng(2).normal(scale=0.5, size=table.shape)
@@ -362,7 +364,7 @@ def test_check_stage_int8_bound_for_encoders_is_mean_cosine_99_with_a_floor(tmp_
     feeds.append({"input_ids": np.full((1, 6), 19), "attention_mask": np.ones((1, 6), np.int64)})
     session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
     outputs = [{"sentence_embedding": session.run(["sentence_embedding"], feed)[0]} for feed in feeds]
-    reference = OnnxReference([f"text {i}" for i in range(200)], feeds, outputs)
+    reference = OnnxReference([f"text {i}" for i in range(200)], feeds, outputs, ENCODER.quantized_bound)
     ruined, row, other = table.copy(), table[19], rng.normal(size=8)
     ruined[19] = other - (other @ row) / (row @ row) * row  # orthogonal to what it was
     with pytest.raises(VerificationError, match=r"cosine similarity to fp32 is -?0\.\d+ < 0\.98 on corpus text 'text 199'"):

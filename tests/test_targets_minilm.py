@@ -3,7 +3,7 @@ export for the module, no training), shipped to the web and loaded by transforme
 onnxruntime as .onnx and .ort.
 
 The int8 bound for classifiers (top-1 agreement) is tested on hand-built graphs in test_targets.py; here the
-encoder's int8 bound is mean cosine >= 0.99 with a 0.98 floor for the worst text (verify.py says why)."""
+encoder's int8 bound is mean cosine >= 0.99 with a 0.98 floor for the worst text (tasks.py says why)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from pema_export.bundle import MANIFEST_NAME, StagedBundle
 from pema_export.pipeline import ExportOptions, run
 from pema_export.profiles import load_target
 from pema_export.stages import ModelShape, ship
+from pema_export.tasks import TASKS
 from pema_export.verify import onnx_reference
 from pema_export.vocab import open_tokenizer
 
@@ -43,7 +44,7 @@ def web_bundle(tmp_path_factory) -> tuple[Path, dict]:
     the other targets' stages, which take the plain exported graph; remap bundles are tested in test_oov.py."""
     out = tmp_path_factory.mktemp("minilm-web") / "search-encoder" / "model.onnx"
     result = run(ExportOptions(corpus=[str(CORPUS)], out=str(out), target="web", oov="fallback"))
-    return out.parent, result.manifest
+    return out.parent, result.manifest.to_json()
 
 
 def _corpus() -> list[str]:
@@ -135,7 +136,7 @@ def test_the_trained_model_passes_every_stage_and_the_shipped_file_answers_as_re
     fp32 = bundle / "onnx" / "model.onnx"
     tokenizer = open_tokenizer(bundle / "tokenizer.json")
     tokenizer.enable_truncation(128)
-    reference = onnx_reference(fp32, tokenizer, _corpus(), pad_id=0)
+    reference = onnx_reference(fp32, tokenizer, _corpus(), pad_id=0, bound=TASKS["feature-extraction"].quantized_bound)
     out = tmp_path / name / "model.onnx"
     with StagedBundle(out.parent) as staged, tempfile.TemporaryDirectory() as work:
         result = ship(load_target(name), fp32, ModelShape.from_config(AutoConfig.from_pretrained(bundle)), reference,

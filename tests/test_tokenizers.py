@@ -15,16 +15,15 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from conftest import TRAINING_TEXT
 from pema_export.errors import TokenizerError
+from pema_export.oov import POLICIES
 from pema_export.pema import remap_config_ids
 from pema_export.tokenizers import check_supported, prune_tokenizer, token_closure
 from pema_export.tokenizers.bpe import BYTE_LEVEL_ALPHABET
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
 from pema_export.vocab import (
-    OOV_POLICIES,
     KeptVocab,
     choose_kept_ids,
     count_tokens,
-    oov_token_ids,
     open_tokenizer,
     read_keep_tokens,
     special_token_ids,
@@ -51,7 +50,7 @@ def keep_for(tokenizer_json: dict, corpus: list[str], oov: str = "unk", **option
         special_token_ids(tokenizer_json, {}),
         unk_id=unk_token_id(tokenizer_json),
         original_size=original.get_vocab_size(with_added_tokens=True),
-        policy_ids=oov_token_ids(tokenizer_json, oov),
+        policy_ids=POLICIES[oov].policy_ids(tokenizer_json),
         closure=token_closure(tokenizer_json),
         **options,
     )
@@ -97,7 +96,7 @@ PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, s
 
 @pytest.mark.parametrize("family", FAMILIES)
 @PROPERTY_SETTINGS
-@given(corpus=CORPORA, oov=st.sampled_from(OOV_POLICIES))
+@given(corpus=CORPORA, oov=st.sampled_from(list(POLICIES)))
 def test_pruned_ids_equal_original_ids_mapped_on_every_corpus_text(request, family, corpus, oov):
     tokenizer_json = as_json(request.getfixturevalue(family))
     original = open_tokenizer(tokenizer_json)

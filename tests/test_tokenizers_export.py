@@ -48,7 +48,7 @@ def bundles(request, tmp_path_factory, corpus_file, labelled_file) -> dict:
         out = tmp_path_factory.mktemp(f"bundle-{family}") / family / "model.onnx"
         corpus = labelled_file if family == "xlm-roberta" else corpus_file
         result = run(ExportOptions(corpus=[str(corpus)], out=str(out), model=str(source), oov="unk", eval_split=0.2))
-        exported[family] = (source, out.parent, result.manifest)
+        exported[family] = (source, out.parent, result.manifest.to_json())
     return exported
 
 

@@ -13,6 +13,7 @@ from pema_export.corpus import read_corpus
 from pema_export.errors import CorpusError, PemaError
 from pema_export.models import ModelSource
 from pema_export.pema import load_partial_model, map_ids
+from pema_export.tasks import TASKS
 from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out
 from pema_export.vocab import KeptVocab, open_tokenizer
 
@@ -73,7 +74,7 @@ def tiny_training(tiny_bert, seed: int, epochs: int = 2):
     kept = KeptVocab(np.unique(np.concatenate([np.arange(5), *map(np.asarray, ids)])), original_size, unk_id=1)
     labels = [int("order" in text.lower()) for text in texts]  # a learnable rule
     encoded = [map_ids(kept, np.asarray(seq)).tolist() for seq in ids]
-    partial = load_partial_model(ModelSource("tiny", tiny_bert, None), kept, labels=["no", "yes"], seed=seed)
+    partial = load_partial_model(ModelSource("tiny", tiny_bert, None), kept, TASKS["text-classification"], labels=["no", "yes"], seed=seed)
     options = TrainOptions(epochs=epochs, lr=2e-3, batch_size=8, seed=seed)
     report = fine_tune(partial.model, EncodedSet(encoded[:40], labels[:40]), EncodedSet(encoded[40:], labels[40:]), 0, options)
     return partial.model, report

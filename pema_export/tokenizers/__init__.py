@@ -9,6 +9,7 @@ padding/truncation baked into the source file.
 from __future__ import annotations
 
 import copy
+import json
 from types import ModuleType
 from typing import Callable, Iterable
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from pema_export.errors import TokenizerError
 from pema_export.tokenizers import bpe, unigram, wordpiece
+from pema_export.vocab import open_tokenizer
 
 FAMILIES: dict[str, ModuleType] = {"WordPiece": wordpiece, "BPE": bpe, "Unigram": unigram}
 
@@ -60,6 +62,18 @@ def prune_tokenizer(tokenizer_json: dict, kept_ids: np.ndarray) -> dict:
     pruned["padding"] = None
     pruned["truncation"] = None
     return pruned
+
+
+def original_tokenizer_json(tokenizer_json: dict) -> dict:
+    """The tokenizer of a bundle that keeps the original numbering: every id as it was, only the baked-in
+    padding/truncation removed."""
+    vocab_ids = sorted(open_tokenizer(tokenizer_json).get_vocab(with_added_tokens=True).values())
+    return prune_tokenizer(tokenizer_json, np.asarray(vocab_ids, dtype=np.int64))
+
+
+def tokenizer_json_text(data: dict) -> str:
+    """The one way a tokenizer.json is serialized, so predicted and written bytes agree."""
+    return json.dumps(data, ensure_ascii=False, indent=2)
 
 
 def _new_id(id_map: dict[int, int], old_id: int, what: str) -> int:

@@ -6,10 +6,11 @@ while onnxruntime's own graph optimizations run anyway when the app creates its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pema_export.quantize import quiet_onnxruntime_logs
+from pema_export.stages import GraphEstimate, ModelFile, ShipContext
+from pema_export.stages.quantize import quiet_onnxruntime_logs
 
 # config.json model_type -> onnxruntime.transformers optimizer model_type. The BERT fusions match the
 # encoder graphs of these families (the optimizer's docs and benchmarks use "bert" for all of them).
@@ -91,3 +92,33 @@ def attach_pooling(model, pooling: tuple[list, list, list]) -> None:
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(initializers)
     model.graph.output.extend(outputs)
+
+
+class Optimize:
+    """onnxruntime's transformer fusions, where the profile asks for them (``optimize = true``)."""
+
+    name = "optimize"
+    order = 10
+
+    def applies(self, target) -> bool:
+        return target.optimize
+
+    def label(self, target) -> str:
+        return self.name
+
+    def run(self, models: list[ModelFile], ctx: ShipContext) -> list[ModelFile]:
+        from pema_export.verify import check_stage
+
+        (model,) = models  # the first stage: the exported model alone
+        optimized = ctx.work / "optimized.onnx"
+        report = optimize_onnx(model.path, optimized, ctx.shape.model_type, ctx.shape.num_heads, ctx.shape.hidden_size)
+        check = check_stage("optimize", optimized, model.reference, model.precision)
+        ctx.log(f"optimize: fused {report.fused or 'nothing'}; max |diff| vs fp32 {check.max_abs_diff:.2e}")
+        ctx.shipped.stages.append({"stage": "optimize", **report.as_manifest(), "check": check.as_manifest()})
+        return [replace(model, path=optimized)]
+
+    def predict(self, graphs: list[GraphEstimate], target, model_type: str) -> list[GraphEstimate]:
+        return [replace(graph, fused=model_type in FUSION_MODEL_TYPES) for graph in graphs]
+
+
+STAGE = Optimize()

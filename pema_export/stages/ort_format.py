@@ -13,10 +13,12 @@ import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pema_export.errors import VerificationError
+from pema_export.stages import GraphEstimate, ModelFile, ShipContext, checked_figures
+from pema_export.stages.formats import format_of
 
 OPERATORS_CONFIG = "required_operators_and_types.config"
 _ADDR_NO_RANDOMIZE = 0x0040000  # linux/personality.h
@@ -176,3 +178,37 @@ def ort_embedding_bytes(ort_path: Path, vocab_size: int) -> tuple[str, int]:
             dtypes.add(helper.tensor_dtype_to_np_dtype(tensor.DataType()).name)
             total += tensor.RawDataLength()
     return "/".join(sorted(dtypes)) or "none", total
+
+
+class ConvertToOrt:
+    """The ORT format's own stage: each model file becomes an .ort file with its operator config beside it."""
+
+    name = "convert to ORT"
+    order = 40
+
+    def applies(self, target) -> bool:
+        return format_of(target).file_kind == "ort"
+
+    def label(self, target) -> str:
+        return self.name
+
+    def run(self, models: list[ModelFile], ctx: ShipContext) -> list[ModelFile]:
+        from pema_export.verify import check_stage
+
+        converted = []
+        style, platform = ctx.target.ort_optimization_style, ctx.target.ort_target_platform
+        for model in models:
+            ctx.shipped.mobile = {"usability": mobile_usability(model.path, ctx.target.guidance)}
+            ort_path = ctx.work / ctx.shipped_name(model)
+            conversion = convert_to_ort(model.path, ort_path, style, platform)
+            check = check_stage(self.name, ort_path, model.reference, model.precision)
+            ctx.log(f"convert to ORT ({style}, {platform}): {checked_figures(check)}")
+            ctx.shipped.stages.append({"stage": self.name, **conversion.as_manifest(), "check": check.as_manifest()})
+            converted.append(replace(model, path=ort_path, kind="ort", beside=(conversion.config_path,)))
+        return converted
+
+    def predict(self, graphs: list[GraphEstimate], target, model_type: str) -> list[GraphEstimate]:
+        return [replace(graph, kind="ort") for graph in graphs]
+
+
+STAGE = ConvertToOrt()
