@@ -41,6 +41,7 @@ OP_MAX_WORD_CHARS = 100  # BertTokenizer's WordpieceTokenizer is built with this
 BOUNDARY = "\U000F0000"
 UNKNOWN_CHAR = "\U000F0001"
 ADDED_BASE = 0xF0100
+UNUSED_SOURCE = "\U000F0002"  # the decoder's one charsmap rule: a code point no normalized text holds
 SEPARATOR = "\U0001F600"  # joins code points when asking tokenizers for all of them at once; left alone by these normalizers
 
 
@@ -136,7 +137,8 @@ def _plan(tokenizer_text: str) -> WordPiecePlan:
     charsmap = compile_charsmap(entries)
     return WordPiecePlan(
         normalizer_model=_byte_model(charsmap),
-        decoder_model=_byte_model(b""),
+        # the decoder never normalizes, but SentencePiece logs a line for a model without a charsmap on every load
+        decoder_model=_byte_model(compile_charsmap({UNUSED_SOURCE: UNKNOWN_CHAR})),
         vocab_lines=tuple(lines),
         unk_line=lines[unk_id],
         prefix=model.get("continuing_subword_prefix", "##"),
