@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -102,9 +104,17 @@ def build_ids_model(source_path, out_dir, vocab: str, *, task=None, labels=None,
     return model, shipped, spm, pad_id
 
 
+class Built(NamedTuple):
+    ids_model: Path
+    string_model: Path
+    shipped: dict  # the bundle's tokenizer.json
+    pad_id: int
+    plan: object
+
+
 @pytest.fixture(scope="module")
 def family_models(sources, tmp_path_factory):
-    """{(family, vocab): (ids-in model, string-in model, shipped tokenizer.json, pad id)}."""
+    """{(family, vocab): Built}."""
     built = {}
     for family in FAMILIES:
         for vocab in ("pruned", "original"):
@@ -112,14 +122,14 @@ def family_models(sources, tmp_path_factory):
             ids_model, shipped, spm, pad_id = build_ids_model(sources[family], work, vocab)
             plan = plan_string_input(shipped, max_length=MAX_LENGTH, pad_id=pad_id, sentencepiece_model=spm)
             string_model = add_string_input(ids_model, plan, work / "string.onnx")
-            built[family, vocab] = (ids_model, string_model, shipped, pad_id)
+            built[family, vocab] = Built(ids_model, string_model, shipped, pad_id, plan)
     return built
 
 
 @pytest.mark.parametrize("vocab", ["pruned", "original"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ids_equal_tokenizer_json(family_models, family, vocab):
-    _ids_model, string_model, shipped, _pad = family_models[family, vocab]
+    _ids_model, string_model, shipped, _pad, _plan = family_models[family, vocab]
     report = check_fidelity(tokenizer_only(string_model), shipped, ALL_TEXTS, max_length=MAX_LENGTH, batch_size=16)
     assert report.texts_checked == len(ALL_TEXTS) and report.tokens_checked > 1000
 
@@ -127,7 +137,7 @@ def test_ids_equal_tokenizer_json(family_models, family, vocab):
 @pytest.mark.parametrize("vocab", ["pruned", "original"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_outputs_equal_ids_in_model(family_models, family, vocab):
-    ids_model, string_model, shipped, pad_id = family_models[family, vocab]
+    ids_model, string_model, shipped, pad_id, _plan = family_models[family, vocab]
     texts = CORPUS[:20] + HARD_TEXTS[:12]
     one_by_one = check_string_parity(string_model, ids_model, shipped, texts, max_length=MAX_LENGTH, pad_id=pad_id)
     batched = check_string_parity(string_model, ids_model, shipped, texts, max_length=MAX_LENGTH, pad_id=pad_id, batch_size=8)
@@ -136,7 +146,7 @@ def test_outputs_equal_ids_in_model(family_models, family, vocab):
 
 
 def test_string_model_takes_a_batch_of_strings(family_models):
-    _ids_model, string_model, shipped, _pad = family_models["bert", "pruned"]
+    _ids_model, string_model, shipped, _pad, _plan = family_models["bert", "pruned"]
     runner = session(string_model)
     assert [(i.name, i.type) for i in runner.get_inputs()] == [("text", "tensor(string)")]
     hidden = runner.run(["last_hidden_state"], {"text": np.array(["a short one", "and a noticeably longer second text", ""], dtype=object)})[0]
@@ -148,16 +158,25 @@ def test_string_model_takes_a_batch_of_strings(family_models):
 
 def test_truncation_matches_the_ids_in_path(family_models):
     """Right truncation to max_length, the special tokens included, as tokenizers' enable_truncation."""
-    _ids_model, string_model, shipped, _pad = family_models["roberta", "pruned"]
+    _ids_model, string_model, shipped, _pad, _plan = family_models["roberta", "pruned"]
     long_texts = [" ".join(TRAINING_TEXT[:30]), "word " * 400]
     check_fidelity(tokenizer_only(string_model), shipped, long_texts, max_length=MAX_LENGTH)
     ids = session(tokenizer_only(string_model)).run(["input_ids"], {"text": np.array(long_texts, dtype=object)})[0]
     assert ids.shape == (2, MAX_LENGTH) and ids[0, -1] == shipped["post_processor"]["sep"][1]
 
 
+@pytest.mark.parametrize("opset", [14, 21])
+def test_every_opset_the_targets_allow(family_models, opset):
+    """Targets export opset 14 to 21; the tokenizer's nodes are written for the model's own opset."""
+    shipped = family_models["xlmr", "pruned"].shipped
+    model = tokenizer_model(family_models["xlmr", "pruned"].plan, opset=opset)
+    assert next(o.version for o in model.opset_import if o.domain == "") == opset
+    check_fidelity(model.SerializeToString(), shipped, CORPUS[:10] + HARD_TEXTS, max_length=MAX_LENGTH)
+
+
 @pytest.mark.parametrize("family", ["bert", "roberta", "xlmr"])
 def test_ort_format_loads_and_answers_the_same(family_models, family, tmp_path):
-    ids_model, string_model, shipped, pad_id = family_models[family, "pruned"]
+    ids_model, string_model, shipped, pad_id, _plan = family_models[family, "pruned"]
     ort_path = tmp_path / "model.ort"
     convert_to_ort(string_model, ort_path, "Fixed", "arm", custom_op_library=check_extensions())
     config = (tmp_path / OPERATORS_CONFIG).read_text(encoding="utf-8")
@@ -209,7 +228,7 @@ def test_minilm_int8_string_in_ort(minilm_path, tmp_path):
 
 def test_fidelity_names_the_first_text_that_differs(family_models):
     """U+0000 ends a text for the ops (C strings); tokenizers reads past it. The check names such a text."""
-    _ids_model, string_model, shipped, _pad = family_models["bert", "pruned"]
+    _ids_model, string_model, shipped, _pad, _plan = family_models["bert", "pruned"]
     with pytest.raises(VerificationError, match=r"fidelity failed on text 'nul\\x00char'") as error:
         check_fidelity(tokenizer_only(string_model), shipped, ["fine", "nul\x00char", "also fine"], max_length=MAX_LENGTH)
     assert "\n" not in str(error.value)

@@ -81,7 +81,8 @@ def plan_string_input(tokenizer_json: dict, *, max_length: int, pad_id: int, sen
 
 
 def tokenizer_model(plan: StringInputPlan, opset: int = 18):
-    """The tokenizer alone (``text`` -> input_ids, attention_mask): what fidelity runs, node for node what ships."""
+    """The tokenizer alone (``text`` -> input_ids, attention_mask), built as ``add_string_input`` builds it (to check
+    the shipped nodes themselves, cut them out of the string-in model with ``verify.tokenizer_only``)."""
     nodes, initializers, outputs = graph.tokenizer_graph(plan.family_plan.body, plan.template, plan.max_length, plan.pad_id, opset, False)
     return graph.standalone_model(nodes, initializers, outputs, opset)
 

@@ -84,9 +84,12 @@ def _plan(tokenizer_text: str) -> BpePlan:
             raise InGraphTokenizerError(f"BPE with {label}: the GPT2Tokenizer op has none")
     vocab = model["vocab"]
     size = max(vocab.values()) + 1
-    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    pairs = [m if isinstance(m, list) else m.split(" ") for m in model["merges"]]
+    if any(len(pair) != 2 or any(" " in part or "\n" in part for part in pair) for pair in pairs):
+        raise InGraphTokenizerError("a BPE merge holds a space or newline; the GPT2Tokenizer op reads merges as 'a b' lines")
+    merges = [" ".join(pair) for pair in pairs]
     tokenizer = Tokenizer.from_str(tokenizer_text)
-    _check_whole_word_entries(tokenizer, vocab, {t['content'] for t in tokenizer_json.get('added_tokens', [])})
+    _check_whole_word_entries(tokenizer, vocab, {t["content"] for t in tokenizer_json.get("added_tokens", [])})
 
     whitespace = np.zeros(size, dtype=np.int64)
     byte_decoder = _byte_decoder()

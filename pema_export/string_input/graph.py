@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pema_export.errors import InGraphTokenizerError
+
 CONTRIB_DOMAIN = "ai.onnx.contrib"  # the domain onnxruntime-extensions registers its ops in
 TEXT_INPUT = "text"
 PREFIX = "pema_tok/"  # every node, initializer and value this module adds is named under it
@@ -189,7 +191,7 @@ def merge_in_front(model: onnx.ModelProto, nodes, initializers, outputs: list[st
     fed = {i.name for i in graph.input}
     unknown = fed - set(outputs)
     if unknown:
-        raise ValueError(f"the model takes inputs the tokenizer does not produce: {sorted(unknown)}")
+        raise InGraphTokenizerError(f"the model takes inputs the tokenizer does not produce: {', '.join(sorted(unknown))}")
     kept_inputs = [i for i in graph.input if i.name not in outputs]
     del graph.input[:]
     graph.input.extend([helper.make_tensor_value_info(TEXT_INPUT, TensorProto.STRING, ["batch_size"])] + kept_inputs)

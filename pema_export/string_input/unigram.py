@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import TensorProto
 
 from pema_export.errors import InGraphTokenizerError
 from pema_export.string_input.charsmap import compile_charsmap, read_charsmap
@@ -49,11 +49,11 @@ class UnigramPlan:
     def body(self, b: Builder, text: str) -> str:
         defaults = [b.int64(0), b.const(np.float32(0)), b.const(np.array(False)), b.const(np.array(False)), b.const(np.array(False))]
         pieces, _rows = b.contrib("SentencepieceTokenizer", [text, *defaults], 2, model=self.model)
-        content = b.gather(b.const(self.to_tokenizer_ids, "sp_to_tokenizer"), b.op("Cast", [pieces], to=7))
+        content = b.gather(b.const(self.to_tokenizer_ids, "sp_to_tokenizer"), b.op("Cast", [pieces], to=TensorProto.INT64))
         if self.detector is None:
             return content
         tail, _rows2 = b.contrib("SentencepieceTokenizer", [text, *defaults], 2, model=self.detector)
-        last = b.op("Slice", [b.op("Concat", [b.int64([0]), b.op("Cast", [tail], to=7)], axis=0), b.int64([-1]), b.int64([2**62])])
+        last = b.op("Slice", [b.op("Concat", [b.int64([0]), b.op("Cast", [tail], to=TensorProto.INT64)], axis=0), b.int64([-1]), b.int64([2**62])])
         ends_in_space = b.op("Equal", [last, b.int64([1])])
         return b.op("Concat", [content, b.op("Compress", [b.int64([self.space_id]), ends_in_space], axis=0)], axis=0)
 
@@ -64,12 +64,11 @@ def plan(tokenizer_json: dict, sentencepiece_model: bytes | None) -> UnigramPlan
             "Unigram without a SentencePiece .model: the in-graph op (SentencepieceTokenizer) runs SentencePiece, which "
             "needs one; the model folder has only tokenizer.json"
         )
-    digest = hashlib.sha256(sentencepiece_model).hexdigest()
-    return _plan(json.dumps(tokenizer_json, sort_keys=True), digest, sentencepiece_model)
+    return _plan(json.dumps(tokenizer_json, sort_keys=True), bytes(sentencepiece_model))
 
 
 @functools.lru_cache(maxsize=4)
-def _plan(tokenizer_text: str, _digest: str, sentencepiece_model: bytes) -> UnigramPlan:
+def _plan(tokenizer_text: str, sentencepiece_model: bytes) -> UnigramPlan:
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
     from tokenizers import Tokenizer
 
@@ -82,11 +81,13 @@ def _plan(tokenizer_text: str, _digest: str, sentencepiece_model: bytes) -> Unig
     trailing_space = _check_model(proto, tokenizer_json)
     vocab = {piece: index for index, (piece, _score) in enumerate(tokenizer_json["model"]["vocab"])}
     unk_id = tokenizer_json["model"].get("unk_id")
+    if unk_id is None:
+        raise InGraphTokenizerError("Unigram without an unk piece: tokenizers fails on unknown characters, SentencePiece does not")
     to_ids = []
     Piece = model_pb2.ModelProto.SentencePiece
     for piece in proto.pieces:
         if piece.type == Piece.UNKNOWN:
-            to_ids.append(unk_id if unk_id is not None else -1)
+            to_ids.append(unk_id)
         elif piece.piece in vocab:
             to_ids.append(vocab[piece.piece])
         elif piece.type == Piece.CONTROL:

@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import TensorProto
 
 from pema_export.errors import InGraphTokenizerError
 from pema_export.string_input.charsmap import compile_charsmap
@@ -64,7 +65,7 @@ class WordPiecePlan:
             [text, b.int64(0), b.const(np.float32(0)), b.const(np.array(False)), b.const(np.array(False)), b.const(np.array(False))],
             2, model=self.normalizer_model,
         )
-        normalized = b.contrib("SentencepieceDecoder", [b.op("Cast", [pieces], to=7)], model=self.decoder_model)
+        normalized = b.contrib("SentencepieceDecoder", [b.op("Cast", [pieces], to=TensorProto.INT64)], model=self.decoder_model)
         ids, _types, _mask = b.contrib(
             "BertTokenizer", [normalized], 3,
             vocab_file="\n".join(self.vocab_lines), do_basic_tokenize=0, do_lower_case=0, strip_accents=0,
