@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 FAMILIES = {"WordPiece": wordpiece, "BPE": bpe, "Unigram": unigram}
+# measured by benchmarks/string_input_sweep.py; docs/string-input.md
+NUL_DIFFERENCE = "a text is read up to its first U+0000 (the ops take C strings); tokenizers reads on"
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,14 @@ class StringInputPlan:
         return self.family_plan.ops
 
     def as_manifest(self) -> dict:
+        import onnxruntime_extensions
+
         return {
             "input": TEXT_INPUT,
             "family": self.family,
+            "onnxruntime_extensions": onnxruntime_extensions.__version__,
             "custom_ops": {graph.CONTRIB_DOMAIN: sorted(self.ops)},
+            "known_differences": [NUL_DIFFERENCE, *self.family_plan.known_differences],
             "max_length": self.max_length,
             "truncation": "right, to max_length including the special tokens (as tokenizers' enable_truncation)",
             "padding": "right, to the longest text of the batch",

@@ -35,6 +35,7 @@ class BpePlan:
     added_tokens: str  # "content=id" lines for the op's added_token attribute
     whitespace_ids: np.ndarray  # 0/1 per id: the token is whitespace only
     lstrip_ids: np.ndarray  # 0/1 per id: an added token that swallows the whitespace before it
+    known_differences: tuple[str, ...] = ()
     ops: tuple[str, ...] = ("GPT2Tokenizer",)
 
     def body(self, b: Builder, text: str) -> str:

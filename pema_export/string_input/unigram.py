@@ -44,6 +44,7 @@ class UnigramPlan:
     detector: bytes | None  # a two-piece model whose last id says whether the normalized text ends in a space
     to_tokenizer_ids: np.ndarray  # SentencePiece id -> tokenizer.json id
     space_id: int  # tokenizer.json's id for a lone "▁" word
+    known_differences: tuple[str, ...] = ()
     ops: tuple[str, ...] = ("SentencepieceTokenizer",)
 
     def body(self, b: Builder, text: str) -> str:
@@ -135,7 +136,22 @@ def _plan(tokenizer_text: str, sentencepiece_model: bytes) -> UnigramPlan:
         detector=_detector_model({source: " " for source in spacing} | {s: "" for s, v in charsmap.items() if v == ""}) if trailing_space else None,
         to_tokenizer_ids=np.asarray(to_ids, dtype=np.int64),
         space_id=space_ids[0],
+        known_differences=_known_differences(charsmap, trailing_space, [t for t in added if t.get("normalized")]),
     )
+
+
+def _known_differences(charsmap: dict[str, str], trailing_space: bool, normalized_tokens: list[dict]) -> tuple[str, ...]:
+    """What the sweep over every code point (and the docs) found the graph does not reproduce, for this tokenizer."""
+    found = []
+    # whitespace the charsmap leaves as something other than spaces: SentencePiece strips only spaces
+    kept_space = [f"U+{c:04X}" for c in sorted(WHITE_SPACE) if charsmap.get(chr(c), chr(c)).strip(" ")]
+    if not trailing_space and kept_space:
+        found.append(f"{', '.join(kept_space)} at the end of a text: tokenizers strips it, SentencePiece keeps it as a character")
+    if normalized_tokens:
+        names = ", ".join(repr(t["content"]) for t in normalized_tokens)
+        found.append(f"added token(s) {names} spelled in characters that normalize to them (e.g. full width): tokenizers "
+                     "matches them after normalization, the graph in the raw text only")
+    return tuple(found)
 
 
 def _added_token_sources(content: str, token: str, space_then_token: str, lstrip: bool, normalized: bool,

@@ -56,6 +56,7 @@ class WordPiecePlan:
     unk_id: int
     boundary_id: int
     charsmap_entries: int
+    known_differences: tuple[str, ...] = ()
     ops: tuple[str, ...] = ("SentencepieceTokenizer", "SentencepieceDecoder", "BertTokenizer")
 
     def body(self, b: Builder, text: str) -> str:
@@ -177,8 +178,8 @@ def _added_tokens(tokenizer_json: dict, size: int) -> list[dict]:
         content = token["content"]
         if token.get("single_word"):
             raise InGraphTokenizerError(f"added token {content!r} is single_word; the graph cannot check word boundaries around it")
-        if token.get("normalized") and not token.get("special"):
-            raise InGraphTokenizerError(f"added token {content!r} is matched after normalization; the graph matches added tokens in the raw text")
+        if token.get("normalized") and tokenizer_json.get("normalizer"):
+            raise InGraphTokenizerError(f"added token {content!r} is matched after normalization (e.g. in any case); the graph matches added tokens in the raw text")
         if not content or "\0" in content:
             raise InGraphTokenizerError(f"added token {content!r} cannot be matched in text")
         if not 0 <= token["id"] < size:
