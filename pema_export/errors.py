@@ -27,3 +27,7 @@ class VerificationError(PemaError):
 
 class OutputError(PemaError):
     """The output location cannot be written."""
+
+
+class InGraphTokenizerError(PemaError):
+    """The tokenizer cannot be put in the graph exactly (--tokenizer in-graph), or onnxruntime-extensions cannot run it."""

@@ -55,8 +55,11 @@ class OrtConversion:
         }
 
 
-def convert_to_ort(src: Path, dst: Path, optimization_style: str, target_platform: str) -> OrtConversion:
-    """Write ``dst`` (.ort) and ``required_operators_and_types.config`` beside it; raise naming the stage on failure."""
+def convert_to_ort(src: Path, dst: Path, optimization_style: str, target_platform: str, custom_op_library: str | None = None) -> OrtConversion:
+    """Write ``dst`` (.ort) and ``required_operators_and_types.config`` beside it; raise naming the stage on failure.
+
+    ``custom_op_library``: the shared library of a model's custom ops (onnxruntime-extensions' for a string-in
+    model); the config then lists their domain too, which a reduced build must include."""
     with tempfile.TemporaryDirectory(prefix="pema-ort-") as scratch:
         out_dir = Path(scratch)
         env = {k: v for k, v in os.environ.items() if k != "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"}
@@ -68,7 +71,7 @@ def convert_to_ort(src: Path, dst: Path, optimization_style: str, target_platfor
             "--optimization_style", optimization_style,
             "--target_platform", target_platform,
             "--enable_type_reduction",
-        ]
+        ] + (["--custom_op_library", custom_op_library] if custom_op_library else [])
         pinned = sys.platform.startswith("linux")
         try:
             result = subprocess.run(command, capture_output=True, text=True, env=env, preexec_fn=_pin_layout if pinned else None)
