@@ -37,7 +37,7 @@ def build(out: Path, oov: str) -> tuple[Path, Path, Path]:
     """The cpu bundle's model.onnx, its string-in twin and the bundle's tokenizer.json (built once, then reused).
 
     ``oov``: "remap" ships the original tokenizer (30,522 tokens) and an id table; "unk" the corpus-pruned one."""
-    from pema_export.ort_format import convert_to_ort
+    from pema_export.stages.ort_format import convert_to_ort
     from pema_export.pipeline import ExportOptions, run
     from pema_export.string_input import add_string_input, check_extensions, check_fidelity, plan_string_input
     from pema_export.string_input.verify import tokenizer_only

@@ -21,7 +21,7 @@ from conftest import ROBERTA_IDS, TINY_SIZES, TRAINING_TEXT, XLMR_TOKENIZER_CONF
 from pema_export.errors import InGraphTokenizerError, VerificationError
 from pema_export.export import export_onnx
 from pema_export.models import resolve_model
-from pema_export.ort_format import OPERATORS_CONFIG, convert_to_ort
+from pema_export.stages.ort_format import OPERATORS_CONFIG, convert_to_ort
 from pema_export.pema import load_partial_model
 from pema_export.profiles import load_target
 from pema_export.string_input import (
@@ -96,7 +96,7 @@ def build_ids_model(source_path, out_dir, vocab: str, *, task=None, labels=None,
     fp32 = export_onnx(partial.model, partial.task, load_target("cpu"), out_dir / "fp32.onnx", pooling=partial.pooling)
     model = fp32
     if precision == "int8":
-        from pema_export.quantize import quantize_model
+        from pema_export.stages.quantize import quantize_model
 
         model = out_dir / "int8.onnx"
         quantize_model(fp32, model, "int8", kept.size)
