@@ -30,7 +30,8 @@ from pema_export.string_input import (
 from pema_export.string_input.verify import tokenizer_only
 from pema_export.tokenizers import prune_tokenizer, token_closure
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
-from pema_export.vocab import KeptVocab, choose_kept_ids, count_tokens, oov_token_ids, open_tokenizer, special_token_ids, unk_token_id
+from pema_export.oov import get_policy
+from pema_export.vocab import KeptVocab, choose_kept_ids, count_tokens, open_tokenizer, special_token_ids, unk_token_id
 
 MAX_LENGTH = 128
 CORPUS = TRAINING_TEXT[:80]
@@ -85,7 +86,7 @@ def build_ids_model(source_path, out_dir, vocab: str, *, task=None, labels=None,
     if vocab == "pruned":
         counts = count_tokens(open_tokenizer(tokenizer_json), CORPUS)
         kept = choose_kept_ids(counts, special_token_ids(tokenizer_json, config), unk_token_id(tokenizer_json),
-                               policy_ids=oov_token_ids(tokenizer_json, "unk"), original_size=config["vocab_size"],
+                               policy_ids=get_policy("unk").policy_ids(tokenizer_json), original_size=config["vocab_size"],
                                closure=token_closure(tokenizer_json))
     else:
         kept = KeptVocab(np.arange(config["vocab_size"], dtype=np.int64), config["vocab_size"], unk_token_id(tokenizer_json))
