@@ -233,3 +233,56 @@ class TailEmbedding(torch.nn.Module):
         codes = self.codes[(row - self.kept).clamp(min=0)].to(torch.int64) + self.offsets  # [..., sub_vectors]
         decoded = self.codebook[codes].flatten(start_dim=-2)  # [..., dim]
         return torch.where(is_exact.unsqueeze(-1), exact, decoded)
+
+
+# What a token the head does not cover scores: far below any real logit, finite so fp16 and int8 stay finite.
+UNCOVERED_LOGIT = -1.0e4
+
+
+class OriginalIdLogits(torch.nn.Module):
+    """A masked-LM output projection over the kept rows whose logits come out in the ORIGINAL numbering: column
+    ``id`` is the kept row's logit, or UNCOVERED_LOGIT for an id the head does not cover (a tail token is read
+    through its code but never predicted). The projection itself (weight tied to the kept input rows, bias) is
+    unchanged."""
+
+    def __init__(self, projection: torch.nn.Linear, column_of: np.ndarray):
+        super().__init__()
+        self.projection = projection
+        self.register_buffer("column_of", torch.as_tensor(column_of, dtype=torch.int64))
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        return self.projection.weight
+
+    @property
+    def bias(self) -> torch.nn.Parameter | None:
+        return self.projection.bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = torch.nn.functional.pad(self.projection(hidden), (0, 1), value=UNCOVERED_LOGIT)
+        return logits.index_select(-1, self.column_of)
+
+
+def install_tail(model: torch.nn.Module, code: TailCode, kept_ids: np.ndarray, original_size: int) -> torch.nn.Module:
+    """Make ``model`` (trained with only the kept rows) take original ids: its input embedding becomes a
+    TailEmbedding over its own trained rows and ``code``; a tied masked-LM head answers in original ids too."""
+    embedding = model.get_input_embeddings()
+    row_of = code.row_of(kept_ids, original_size)
+    output = model.get_output_embeddings()
+    tied = output is not None and output.weight is embedding.weight
+    tail = TailEmbedding(embedding.weight.detach(), row_of, code.codes, code.quantizer)
+    model.set_input_embeddings(tail)
+    if tied:
+        output.weight = tail.weight
+        column_of = np.where(row_of < len(kept_ids), row_of, len(kept_ids))
+        _replace_module(model, output, OriginalIdLogits(output, column_of))
+    return model
+
+
+def _replace_module(model: torch.nn.Module, old: torch.nn.Module, new: torch.nn.Module) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+                return
+    raise ModelError(f"{type(model).__name__}: cannot find its output projection to wrap")
