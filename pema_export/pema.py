@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -173,6 +174,28 @@ def _check_tied_head(model: nn.Module, kept: KeptVocab, task: Task) -> None:
         raise ModelError(f"{type(model).__name__} has no {task.head} tied to its input embedding; --task {task.name} needs one")
     if output.weight.shape[0] != kept.size or (getattr(output, "bias", None) is not None and output.bias.shape[0] != kept.size):
         raise ModelError(f"{type(model).__name__}: the {task.head} does not cover the {kept.size} kept tokens")
+
+
+def pretrained_rows(source: ModelSource) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """(read_rows, row count) of the model's pretrained input-embedding matrix: ``read_rows(sorted ids)`` gives
+    those rows as float32, read from safetensors at just those rows, so the whole matrix need never be in memory.
+    A checkpoint without safetensors is loaded whole once."""
+    rows = source.read_config().get("vocab_size")
+    checkpoint = find_safetensors(source.path)
+    if checkpoint is not None:
+        candidates = sorted(
+            name for name, shape in checkpoint.shapes.items()
+            if len(shape) == 2 and shape[0] == rows and ("word_embeddings" in name or "embed_tokens" in name or "shared" in name)
+        )
+        if candidates:
+            return (lambda ids: checkpoint.read(candidates[0], np.asarray(ids)).float().numpy()), rows
+    from transformers import AutoModel
+
+    embedding = AutoModel.from_pretrained(source.path).get_input_embeddings()
+    if embedding is None or embedding.weight.shape[0] != rows:
+        raise ModelError(f"{source.name}: cannot find its input embedding")
+    matrix = embedding.weight.detach().float().numpy()
+    return (lambda ids: matrix[np.asarray(ids)]), rows
 
 
 SAFETENSORS_NAME = "model.safetensors"

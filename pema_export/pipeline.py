@@ -81,6 +81,7 @@ class ExportOptions:
     prior_words: int | None = None  # --prior-words N: also keep the tokens of the N most frequent words (docs/oov.md)
     prior_lang: list[str] | None = None  # --prior-lang: their language(s); None: detected from the corpus
     max_bytes: int | None = None  # --max-bytes: the most beneficial vocabulary whose predicted bundle fits
+    tail_row_bytes: int | None = None  # --tail-row-bytes: bytes per row of the compressed tail (--oov tail)
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
         plan.source, plan.tokenizer_json, plan.corpus_paths, keep_tokens=options.keep_tokens, min_count=options.min_count,
         oov=options.oov, max_vocab=options.max_vocab, sample_size=PARITY_SAMPLE, seed=options.train.seed,
         prior_words=options.prior_words, prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=plan.target,
-        task=options.task,
+        task=options.task, tail_row_bytes=options.tail_row_bytes,
     )
     counts, kept, summary = found.counts, found.kept, found.summary
     if found.oov_choice:
@@ -278,7 +279,12 @@ def verify(plan: Plan, vocabulary: Vocabulary, tokenizers: Tokenizers, partial: 
     tokenizer = vocabulary.applied.parity_tokenizer(pruned, shipped)
     tokenizer.enable_truncation(plan.options.max_length)
     task, sample, pad_id = vocabulary.scan.task, vocabulary.scan.summary.sample_texts, _pad_id(exported.model.config)
-    parity = check_parity(exported.fp32, torch_reference(exported.model, task, partial.pooling), tokenizer, sample, pad_id=pad_id)
+    torch_model = torch_reference(exported.model, task, partial.pooling)
+    parity = check_parity(exported.fp32, torch_model, tokenizer, sample, pad_id=pad_id)
+    extra = vocabulary.applied.parity_texts(plan.options.train.seed)
+    if extra:  # inputs that reach what the policy added to the model, which corpus texts never do
+        added = check_parity(exported.fp32, torch_model, tokenizer, extra, pad_id=pad_id)
+        vocabulary.applied.record_parity(added.texts_checked, added.max_abs_diff)
     reference = onnx_reference(exported.fp32, tokenizer, sample, pad_id=pad_id, bound=task.quantized_bound)
     return Verified(fidelity, parity, reference)
 

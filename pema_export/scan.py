@@ -14,10 +14,10 @@ import numpy as np
 
 from pema_export.corpus import CorpusSummary, batched, check_corpus_paths, iter_texts, read_corpus
 from pema_export.budget import BudgetError
-from pema_export.errors import TokenizerError
+from pema_export.errors import ModelError, TokenizerError
 from pema_export.models import ModelSource, resolve_model
 from pema_export.oov import DEFAULT as DEFAULT_OOV
-from pema_export.oov import POLICIES, OovPolicy, PolicyBytes, auto, get_policy
+from pema_export.oov import POLICIES, OovPolicy, PolicyBytes, PolicySettings, auto, get_policy
 from pema_export.oov.prior import PriorWords, check_languages, detect_languages
 from pema_export.oov.prior import prior_words as oov_prior_words
 from pema_export.profiles import Target, load_target
@@ -56,10 +56,11 @@ class VocabScan:
     oov: str = DEFAULT_OOV  # the policy applied: --oov as given, or what "auto" resolved to
     oov_choice: dict | None = None  # under --oov auto: what it chose, why, and the predicted bytes it weighed
     oov_dropout: float = 0.0  # the --oov-dropout that goes with the policy when --oov-dropout is not given
+    settings: PolicySettings | None = None  # what the policy is configured with for this export
 
     @property
     def policy(self) -> OovPolicy:
-        return POLICIES[self.oov]
+        return get_policy(self.oov, self.settings)
 
     def coverage(self, points: int = COVERAGE_POINTS) -> list[list[float]]:
         """[vocabulary size, share of corpus tokens covered] keeping the most frequent tokens first."""
@@ -85,6 +86,7 @@ class ScanOptions:
     prior_words: int | None = None
     prior_lang: list[str] | None = None
     heldout: str | None = None  # texts the corpus does not contain: their UNK rate is reported
+    tail_row_bytes: int | None = None
 
 
 def open_source(model: str | None) -> tuple[ModelSource, dict]:
@@ -104,7 +106,8 @@ def scan_report(options: ScanOptions) -> dict:
     source, tokenizer_json = open_source(options.model)
     scan = scan_vocabulary(source, tokenizer_json, corpus_paths, keep_tokens=options.keep_tokens, min_count=options.min_count,
                            oov=options.oov, max_vocab=options.max_vocab, prior_words=options.prior_words,
-                           prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=target)
+                           prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=target,
+                           tail_row_bytes=options.tail_row_bytes)
     prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.policy)(scan.kept)
     report = {
         "model": source.name,
@@ -140,17 +143,20 @@ def scan_vocabulary(
     max_bytes: int | None = None,
     target: Target | None = None,
     task: str | None = None,
+    tail_row_bytes: int | None = None,
 ) -> VocabScan:
     """Stream the corpus once: count token ids, note labels, keep a seeded sample; then choose the kept ids.
 
     ``prior_words``: also keep the tokens of that many most frequent words of ``prior_lang`` (detected from the
     corpus sample when None). ``max_bytes``: the largest vocabulary, ranked by expected benefit, whose predicted
-    ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins). ``task``: --task, when given."""
+    ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins). ``task``: --task, when given.
+    ``tail_row_bytes``: --tail-row-bytes, for the policies that read it."""
     tokenizer = open_tokenizer(tokenizer_json)
     config = source.read_config()
     summary = CorpusSummary(sample_size=sample_size, seed=seed)
     counts = count_tokens(tokenizer, summary.observe(read_corpus(corpus_paths)))
     resolved = resolve_task(task, summary.label_kind, config.get("architectures"))
+    settings = PolicySettings(embedding_width(config), resolved.trains_on(summary.label_kind), tail_row_bytes, seed)
     keep_ids = read_keep_tokens(keep_tokens, tokenizer) if keep_tokens else set()
     prior = detected = None
     if prior_words:
@@ -185,7 +191,8 @@ def scan_vocabulary(
             resolved.trains_on(summary.label_kind),
             unk_token_id(tokenizer_json) is not None,
             {name: POLICIES[name].refusal(resolved) for name in auto.CANDIDATES},
-            lambda name: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target, POLICIES[name])(choose(max_vocab, name)),
+            lambda name: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target,
+                                                get_policy(name, settings))(choose(max_vocab, name)),
         )
 
     predicted = None
@@ -193,13 +200,23 @@ def scan_vocabulary(
         if target is None:
             raise ValueError("max_bytes needs the target whose bundle it bounds")
         max_vocab, predicted = fit_max_bytes(
-            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, get_policy(oov)),
+            max_bytes, choose,
+            bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, get_policy(oov, settings)),
             max_vocab,
         )
     kept = choose(max_vocab)
     return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, task=resolved, prior=prior,
                      detected_languages=detected, max_vocab=max_vocab, predicted_bytes=predicted, oov=oov, oov_choice=oov_choice,
-                     oov_dropout=dropout)
+                     oov_dropout=dropout, settings=settings)
+
+
+def embedding_width(config: dict) -> int:
+    """The width of a model's input-embedding rows, from its config.json (ALBERT and ELECTRA factor the embedding
+    below the hidden size; DistilBERT calls the width ``dim``)."""
+    width = config.get("embedding_size") or config.get("hidden_size") or config.get("dim")
+    if not isinstance(width, int):
+        raise ModelError("config.json gives no embedding width (embedding_size, hidden_size or dim)")
+    return width
 
 
 def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,

@@ -1,6 +1,7 @@
 """Where a bundle's bytes go: per file, and inside each ONNX/ORT model per part, from the graph's initializers.
 
-Parts: token embedding, position/type embeddings, encoder layers, head, other. An initializer is placed by its
+Parts: token embedding (the exact rows), the compressed tail of the token embedding (``--oov tail``),
+position/type embeddings, encoder layers, head, other. An initializer is placed by its
 name, or, where the exporter gave it an anonymous name (``onnx::MatMul_746``), by the names of the nodes that
 read it, following it through DequantizeLinear/Transpose/Cast chains.
 """
@@ -15,10 +16,12 @@ from pathlib import Path
 from pema_export.bundle import MANIFEST_NAME
 from pema_export.manifest import Manifest
 
-PARTS = ("token_embedding", "position_embeddings", "encoder_layers", "head", "other")
+PARTS = ("token_embedding", "token_embedding_tail", "position_embeddings", "encoder_layers", "head", "other")
 MODEL_SUFFIXES = (".onnx", ".ort")
 
 _PATTERNS = [  # first match wins; tested against a name with '/' turned into '.'
+    # --oov tail: the codes, codebook and row index of the rows outside the corpus (rowcodes.TailEmbedding)
+    ("token_embedding_tail", re.compile(r"word_embeddings\.(row_of|codes|codebook|offsets)")),
     ("position_embeddings", re.compile(r"position_embeddings|token_type_embeddings|embed_positions|\bwpe\b|segment_embedding")),
     ("token_embedding", re.compile(r"word_embeddings|embed_tokens|\bwte\b|shared\.weight|word_embedding")),
     ("head", re.compile(r"classifier|pre_classifier|pooler|lm_head|vocab_projector|vocab_transform|cls\.predictions|predictions\.|\.score\b|qa_outputs")),

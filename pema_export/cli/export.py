@@ -72,6 +72,7 @@ def run(argv: Sequence[str]) -> int:
         max_bytes=options.max_bytes(args.max_bytes),
         prior_words=args.prior_words,
         prior_lang=options.languages(args.prior_lang),
+        tail_row_bytes=args.tail_row_bytes,
         task=args.task,
         quantize=args.quantize,
         save_full=args.save_full,

@@ -9,7 +9,7 @@ from pema_export.oov import CHOICES as OOV_CHOICES
 from pema_export.oov import DEFAULT as DEFAULT_OOV
 
 # options that count something: at least 1 wherever they are given
-_AT_LEAST_ONE = ("epochs", "batch_size", "max_length", "min_count", "max_vocab", "prior_words")
+_AT_LEAST_ONE = ("epochs", "batch_size", "max_length", "min_count", "max_vocab", "prior_words", "tail_row_bytes")
 
 
 def add_model_and_corpus(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,8 @@ def add_vocabulary(parser: argparse.ArgumentParser) -> None:
                         help="text the corpus never had: 'fallback' keeps every single-character piece so unseen words "
                         "degrade to known characters; 'unk' keeps only what the corpus uses; 'remap' ships the original "
                         "tokenizer and runs each dropped token as its nearest kept token (a table in the graph); "
+                        "'tail' ships the original tokenizer, the corpus's rows exact and every other row as a compact "
+                        "code of its pretrained value, decoded in the graph; "
                         "'auto': for a labelled corpus unk with --oov-dropout 0.1, otherwise remap unless its bundle "
                         "would be over 2%% larger than fallback's "
                         f"(default {DEFAULT_OOV}; see docs/oov.md for the measurement)")
@@ -43,6 +45,9 @@ def add_vocabulary(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-words", type=int, metavar="N", help="also keep the tokens of the N most frequent words "
                         "of the corpus's language(s) (wordfreq lists, offline)")
     parser.add_argument("--prior-lang", metavar="LANG[,LANG]", help="languages for --prior-words (default: detected)")
+    parser.add_argument("--tail-row-bytes", type=int, metavar="N", help="--oov tail: bytes per compressed row, a "
+                        "divisor of the embedding width (default: width/16 for a fine-tuned model, width/4 for one "
+                        "exported as pretrained; docs/oov.md)")
 
 
 def check_ranges(args: argparse.Namespace) -> None:

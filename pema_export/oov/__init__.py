@@ -5,18 +5,21 @@
 - ``unk``: keep only what the corpus uses; an unseen word re-segments into kept pieces or becomes UNK;
 - ``remap``: keep only what the corpus uses, ship the original tokenizer, and run each dropped token as the kept
   token whose pretrained embedding is closest (an id table in the graph);
+- ``tail``: keep exact rows for what the corpus uses, ship the original tokenizer, and ship every other row as a
+  compact code of its pretrained value, decoded in the graph (a compressed tail);
 - ``auto`` (auto.py) is no policy but the default choice between them, per corpus, model and target.
 Byte-level BPE keeps its 256 byte symbols under every policy: it has no UNK, and every text must still encode.
 prior.py (``--prior-words``) and heldout.py (the ``--eval`` figures) serve every policy.
 
-A policy answers for the whole export: the ids it needs kept (``policy_ids``), the tasks it cannot serve
+A policy is configured for an export (``configure``: the embedding's width, whether the model is fine-tuned, its
+own options) and answers for the whole export: the ids it needs kept (``policy_ids``), the tasks it cannot serve
 (``refusal``), whether the bundle's tokenizer.json and config.json keep the original numbering
 (``ships_original_numbering``; the graph then takes original ids), the bytes it ships instead of the pruned
 tokenizer or adds to the model files (``bytes_predictor``, for the scan and ``--max-bytes``), the held-out id handling (``heldout_ids``) and
 its manifest key. Once the kept ids are chosen, ``apply`` gives the policy as it runs in this export
 (``AppliedPolicy``): the substitute ``--oov-dropout`` trains with, a transformation of the trained model before
-export (the model the graph and the parity check are built from), graph stages (stages.Stage) and its manifest
-entry. A new policy is one module here and one line in ``POLICIES``.
+export (the model the graph and the parity check are built from), the texts the parity check must add to reach
+what the policy adds (``parity_texts``), graph stages (stages.Stage) and its manifest entry. A new policy is one module here and one line in ``POLICIES``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,16 @@ class PolicyBytes:
 
 
 @dataclass(frozen=True)
+class PolicySettings:
+    """What a policy may read of the export beyond the kept ids (``OovPolicy.configure``)."""
+
+    embedding_dim: int  # the width of the input embedding's rows
+    trains: bool  # the export fine-tunes the model; otherwise it ships as pretrained
+    tail_row_bytes: int | None = None  # --tail-row-bytes
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Refusal:
     """Why a policy cannot serve a task: ``reason`` in a line (--oov auto records it), ``message`` for the user who
     asked for the policy by name."""
@@ -80,6 +93,10 @@ class OovPolicy:
         """Ids kept whatever the corpus says: what the family needs for any text to encode (byte-level BPE's byte
         symbols, Unigram's lowest-scored piece)."""
         return family_module(tokenizer_json).required_ids(tokenizer_json)
+
+    def configure(self, settings: PolicySettings) -> "OovPolicy":
+        """The policy as it runs in one export; most read nothing from the settings."""
+        return self
 
     def refusal(self, task) -> Refusal | None:
         """Why the policy cannot serve ``task`` (tasks.Task), or None."""
@@ -128,6 +145,14 @@ class AppliedPolicy:
         shipped tokenizer (at ``shipped_path``)."""
         return pruned
 
+    def parity_texts(self, seed: int) -> list[str]:
+        """Texts beyond the corpus sample that the parity check must run: inputs that reach what the policy adds to
+        the model (the corpus's own texts never do)."""
+        return []
+
+    def record_parity(self, texts_checked: int, max_abs_diff: float) -> None:
+        """The parity check's figures on ``parity_texts``, for the policy's manifest entry."""
+
     def graph_stages(self) -> tuple:
         """stages.Stage instances this policy adds to the target's stages."""
         return ()
@@ -138,21 +163,23 @@ class AppliedPolicy:
 
 def manifest_entries(applied: AppliedPolicy) -> dict[str, dict | None]:
     """Every registered policy's manifest key: the applied policy's entry under its own, null under the others'."""
-    return {policy.manifest_key: applied.manifest_entry() if policy is applied.policy else None
+    return {policy.manifest_key: applied.manifest_entry() if policy.name == applied.policy.name else None
             for policy in POLICIES.values() if policy.manifest_key}
 
 
 # Imported after the interface they subclass.
-from pema_export.oov import auto, fallback, remap, unk  # noqa: E402
+from pema_export.oov import auto, fallback, remap, tail, unk  # noqa: E402
 
-POLICIES: dict[str, OovPolicy] = {policy.name: policy for policy in (fallback.POLICY, unk.POLICY, remap.POLICY)}
+POLICIES: dict[str, OovPolicy] = {policy.name: policy for policy in (fallback.POLICY, unk.POLICY, remap.POLICY, tail.POLICY)}
 # what --oov takes: a policy, or "auto", which scan.scan_vocabulary resolves to one for the model and target
 CHOICES = (auto.NAME, *POLICIES)
 DEFAULT = auto.NAME  # the evidence: docs/oov.md, benchmarks/oov_accuracy.py
 
 
-def get_policy(name: str) -> OovPolicy:
+def get_policy(name: str, settings: PolicySettings | None = None) -> OovPolicy:
+    """The policy ``name``, configured for an export when ``settings`` are given."""
     try:
-        return POLICIES[name]
+        policy = POLICIES[name]
     except KeyError:
         raise TokenizerError(f"--oov {name!r} is not a policy (choose from: {', '.join(POLICIES)})") from None
+    return policy.configure(settings) if settings is not None else policy

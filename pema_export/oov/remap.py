@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from pema_export.errors import ModelError
+from pema_export.pema import pretrained_rows
 from pema_export.oov import AppliedPolicy, OovDropout, OovPolicy, PolicyBytes, Refusal, checked_dropout_rate
 from pema_export.stages import id_table
 from pema_export.tokenizers import original_tokenizer_json, tokenizer_json_text
@@ -66,26 +67,9 @@ class AppliedRemap(AppliedPolicy):
 
 
 def pretrained_embedding(source) -> np.ndarray:
-    """The model's pretrained input-embedding matrix (all rows), read from safetensors without building the model."""
-    from pema_export.pema import find_safetensors
-
-    config = source.read_config()
-    rows = config.get("vocab_size")
-    checkpoint = find_safetensors(source.path)
-    if checkpoint is not None:
-        candidates = sorted(
-            name for name, shape in checkpoint.shapes.items()
-            if len(shape) == 2 and shape[0] == rows and ("word_embeddings" in name or "embed_tokens" in name or "shared" in name)
-        )
-        if candidates:
-            return checkpoint.read(candidates[0]).float().numpy()
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(source.path)
-    embedding = model.get_input_embeddings()
-    if embedding is None or embedding.weight.shape[0] != rows:
-        raise ModelError(f"{source.name}: cannot find the input embedding for --oov remap")
-    return embedding.weight.detach().float().numpy()
+    """The model's pretrained input-embedding matrix (all rows)."""
+    read_rows, rows = pretrained_rows(source)
+    return read_rows(np.arange(rows))
 
 
 @dataclass(frozen=True)
