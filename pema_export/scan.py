@@ -324,4 +324,4 @@ def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, ta
     if tokenizer_bytes is None:
         tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
     return SizePrediction(model_bytes=model_bytes + added.model, tokenizer_bytes=tokenizer_bytes,
-                          other_bytes=format_of(target).metadata_bytes)
+                          other_bytes=format_of(target).metadata_bytes + added.metadata)

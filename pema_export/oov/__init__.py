@@ -55,6 +55,7 @@ class PolicyBytes:
 
     tokenizer: int | None  # what ships instead of the pruned tokenizer; None: the pruned tokenizer (the scan measures it)
     model: int = 0  # bytes it adds to the model files, all of them together
+    metadata: int = 0  # bytes its manifest entry adds
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,11 @@ FINE_TUNED_SLICE_WIDTH = 16  # MiniLM: 24 bytes a row
 PRETRAINED_SLICE_WIDTH = 4  # MiniLM: 96 bytes a row
 PARITY_TEXTS = 64  # texts made of tail tokens that the parity check adds to the corpus sample
 PARITY_TOKENS_PER_TEXT = 8
-# The decoding nodes and their names, besides the tables (measured on MiniLM: 1.3-1.9 kB per model file).
-GRAPH_BYTES = 2_500
+# Graph structure a tail adds to a model file besides its tables: the decoding nodes, and the embedding's own nodes
+# that onnxruntime's EmbedLayerNormalization fusion no longer takes in (it needs a Gather straight from input_ids).
+# Measured on all-MiniLM-L6-v2 encoder bundles (cpu fp32/int8/fp16, android fp32/int8): 4.6-9.8 kB per file.
+GRAPH_BYTES = 12_000
+MANIFEST_BYTES = 1_000  # the manifest's vocab.tail entry: about 700 bytes
 
 
 def row_index_bytes(original_size: int) -> int:
@@ -76,7 +79,7 @@ class Tail(OovPolicy):
             tail_rows = kept.original_size - kept.size
             per_file = [row_index_bytes(kept.original_size) * kept.original_size + tail_rows * self.row_bytes
                         + CENTROIDS * self.width * codebook_item_bytes[graph.precision] + GRAPH_BYTES for graph in graphs]
-            return PolicyBytes(tokenizer=original, model=sum(per_file))
+            return PolicyBytes(tokenizer=original, model=sum(per_file), metadata=MANIFEST_BYTES)
 
         return predict
 
