@@ -1,0 +1,110 @@
+"""A sentence encoder on text its corpus never had: how close each --oov method's bundle stays to the original model.
+
+    .venv/bin/python benchmarks/encoder_oov.py [--target cpu] [--quantize int8] [--methods ...]
+
+all-MiniLM-L6-v2 (embedded, a sentence-transformers model) is exported as pretrained for an unlabelled corpus
+(samples/search_texts.txt, 228 texts) with each method, for one target; each bundle's model and tokenizer then embed
+held-out texts of several kinds, one text at a time as an app does: samples/heldout.txt (support chat) and the test
+texts of every evaluation set benchmarks/evalsets.py builds (software descriptions, fortunes, Bible verses,
+dictionary definitions). Each is compared with the original model (every row, pretrained, fp32, its own
+tokenizer): mean and minimum cosine of the sentence vectors, and how often the nearest other held-out text is
+the same (what an on-device search over these texts would return first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+METHODS = {
+    "full": ["--oov", "unk", "--keep-tokens", "ALL"],
+    "unk": ["--oov", "unk"],
+    "fallback": ["--oov", "fallback"],
+    "remap": ["--oov", "remap"],
+    "tail-24": ["--oov", "tail", "--tail-row-bytes", "24"],
+    "tail-48": ["--oov", "tail", "--tail-row-bytes", "48"],
+    "tail-96": ["--oov", "tail", "--tail-row-bytes", "96"],
+    "default": [],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="cpu")
+    parser.add_argument("--quantize", default="int8")
+    parser.add_argument("--corpus", default=str(REPO / "samples" / "search_texts.txt"))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--texts-per-set", type=int, default=200, help="held-out texts per set (the first N)")
+    args = parser.parse_args()
+
+    from evalsets import build_all
+    from pema_export.models import resolve_model
+    from pema_export.oov.heldout import compare_vectors, full_vocabulary_vectors
+
+    sets = {"support chat (samples/heldout.txt)": REPO / "samples" / "heldout.txt"}
+    sets.update({f"{name} (evalsets)": test for name, (_, test) in build_all(REPO / "build" / "evalsets").items()})
+    texts = {name: [line.split("\t", 1)[-1] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][: args.texts_per_set]
+             for name, path in sets.items()}
+    source = resolve_model(None)
+    full = {name: full_vocabulary_vectors(source, batch, 128) for name, batch in texts.items()}
+    exe = str(Path(sys.executable).parent / "pema-export")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="pema-encoder-") as scratch:
+        everything = Path(scratch) / "all-tokens.txt"
+        vocab = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
+        everything.write_text("".join(token + "\n" for token in sorted(vocab, key=vocab.get)), encoding="utf-8")
+        for method in args.methods:
+            out = Path(scratch) / method / "model.onnx"
+            options = [str(everything) if option == "ALL" else option for option in METHODS[method]]
+            subprocess.run([exe, "--corpus", args.corpus, "--target", args.target, "--quantize", args.quantize, "--out", str(out),
+                            "--quiet", *options], check=True, capture_output=True, text=True)
+            manifest = json.loads((out.parent / "pema-manifest.json").read_text(encoding="utf-8"))
+            row = {"method": method, "oov": manifest["vocab"]["oov"], "kept": manifest["vocab"]["kept"],
+                   "bundle_bytes": sum(f.stat().st_size for f in out.parent.rglob("*") if f.is_file()), "sets": {}}
+            for name, batch in texts.items():
+                cosines, agreement = compare_vectors(embed(out, batch), full[name])
+                row["sets"][name] = {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()),
+                                     "neighbour_agreement": agreement}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    full_bytes = next((r["bundle_bytes"] for r in rows if r["method"] == "full"), None)
+    print(f"all-MiniLM-L6-v2 as a sentence encoder, corpus {Path(args.corpus).name}, target {args.target} "
+          f"--quantize {args.quantize}; per held-out set: mean cosine to the original model / nearest-neighbour agreement")
+    print("| method | kept rows | bundle bytes | × full | " + " | ".join(texts) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(texts))
+    for row in rows:
+        ratio = f"{row['bundle_bytes'] / full_bytes:.2f}" if full_bytes else "?"
+        cells = " | ".join(f"{row['sets'][n]['cosine_mean']:.4f} / {row['sets'][n]['neighbour_agreement']:.0%}" for n in texts)
+        print(f"| {row['method']} ({row['oov']}) | {row['kept']:,} | {row['bundle_bytes']:,} | {ratio} | {cells} |")
+    print(json.dumps(rows))
+
+
+def embed(model: Path, texts: list[str]) -> np.ndarray:
+    """The bundle's sentence vectors, its own tokenizer, one text at a time."""
+    import onnxruntime as ort
+
+    from pema_export.vocab import open_tokenizer
+
+    tokenizer = open_tokenizer(model.parent / "tokenizer.json")
+    tokenizer.enable_truncation(128)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    vectors = []
+    for encoding in tokenizer.encode_batch(texts):
+        ids = np.asarray([encoding.ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        vectors.append(session.run(["sentence_embedding"], {k: v for k, v in feeds.items() if k in inputs})[0][0])
+    return np.asarray(vectors, dtype=np.float64)
+
+
+if __name__ == "__main__":
+    main()
