@@ -67,8 +67,9 @@ def main() -> int:
     jsonl = Path(args.jsonl)
     sets = evaluation_sets(Path(args.evalsets_dir), args.sets, build=not args.table_only)
     if not args.table_only:
-        for name, (train, test) in sets.items():
-            for seed in args.seeds:
+        # seed by seed across the sets, so a partial run already covers every set
+        for seed in args.seeds:
+            for name, (train, test) in sets.items():
                 run_seed(jsonl, name, train, test, seed, args.methods)
     print(tables(recorded(jsonl), list(sets)))
     return 0
