@@ -327,7 +327,7 @@ def ship_stages(plan: Plan, vocabulary: Vocabulary, exported: Exported, verified
         # padded as the stages' reference pads (the exported model's pad id, in the ids it takes)
         text_plan = replace(text_plan, pad_id=_pad_id(exported.model.config))
         graph_stages = (*graph_stages, string_input_stage.StringInput(
-            text_plan, corpus_texts=lambda: iter_texts(plan.corpus_paths), heldout_texts=tuple(iter_texts(plan.eval_paths))))
+            text_plan, corpus_texts=lambda: iter_texts(plan.corpus_paths), heldout_texts=tuple(iter_texts(plan.eval_paths)) if plan.eval_paths else ()))
     return ship(plan.target, exported.fp32, ModelShape.from_config(exported.model.config), verified.reference, staged,
                 plan.out, work, log, graph_stages)
 

@@ -336,5 +336,5 @@ def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, ta
             pruned if pruned is not None else prune_tokenizer(tokenizer_json, kept.kept_ids))
         text_plan = string_input_stage.plan_for(source.path, tokenizer_json, shipped, max_length=128)
         model_bytes += sum(string_input_stage.predicted_bytes(text_plan, graph.kind) for graph in in_graph)
-    return SizePrediction(model_bytes=model_bytes + added.model, tokenizer_bytes=tokenizer_bytes,
-                          other_bytes=format_of(target).metadata_bytes)
+    metadata_bytes = format_of(target).metadata_bytes + (string_input_stage.MANIFEST_BYTES if in_graph else 0)
+    return SizePrediction(model_bytes=model_bytes + added.model, tokenizer_bytes=tokenizer_bytes, other_bytes=metadata_bytes)
