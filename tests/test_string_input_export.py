@@ -199,3 +199,19 @@ def test_an_onnxruntime_extensions_that_cannot_be_loaded_is_one_line(capsys, tmp
         monkeypatch.undo()
         check_extensions.cache_clear()
     assert "cannot be loaded into onnxruntime" in line
+
+
+def test_a_profile_may_ask_for_it_and_the_web_format_never_takes_it(tmp_path):
+    from pema_export.errors import TargetError
+    from pema_export.profiles import load_target
+
+    profile = tmp_path / "phone.toml"
+    profile.write_text('name = "phone"\nformat = "ort"\nquantize = "int8"\ntokenizer = "in-graph"\n', encoding="utf-8")
+    assert load_target(str(profile)).tokenizer == "in-graph" and load_target(str(profile), tokenizer="ids").tokenizer == "ids"
+    assert load_target("ios", tokenizer="in-graph").as_manifest()["tokenizer"] == "in-graph"
+    assert "tokenizer" not in load_target("ios").as_manifest()  # bundles with the default keep their manifest bytes
+    profile.write_text('name = "phone"\nformat = "ort"\nquantize = "int8"\ntokenizer = "graph"\n', encoding="utf-8")
+    with pytest.raises(TargetError, match="tokenizer = 'graph' must be one of ids, in-graph"):
+        load_target(str(profile))
+    with pytest.raises(TargetError, match="transformers.js tokenizes in JavaScript already"):
+        load_target("web", tokenizer="in-graph")
