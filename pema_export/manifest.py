@@ -152,6 +152,7 @@ class Manifest(_Record):
     stages: list[dict] | None = None  # one record per post-export stage, as the stage writes it
     embedding_bytes: dict[str, dict] | None = None
     mobile: dict | None = field(default=None, metadata=_OMIT_NONE)  # ORT formats: the mobile usability report
+    string_input: dict | None = field(default=None, metadata=_OMIT_NONE)  # --tokenizer in-graph: plan and checks
     files: dict[str, dict] | None = None  # {name: {bytes, sha256}} of every other bundle file
     versions: dict[str, str | None] | None = None
 

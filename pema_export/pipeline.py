@@ -1,6 +1,7 @@
 """The export as a short sequence of named steps, each from data to data:
 
-prepare -> scan -> partial model -> train -> tokenizer -> export -> verify -> ship -> held out -> manifest -> commit
+prepare -> scan -> string input plan -> partial model -> train -> tokenizer -> export -> verify -> ship -> held out ->
+manifest -> commit
 
 ``run`` reads as that sequence; each step below is one function, its inputs the records earlier steps returned.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +20,7 @@ from tokenizers import Tokenizer
 from pema_export import __version__
 from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
-from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
+from pema_export.corpus import check_corpus_paths, iter_texts, load_examples, read_corpus
 from pema_export.errors import CorpusError, TargetError
 from pema_export.export import export_onnx
 from pema_export.manifest import (
@@ -40,7 +41,9 @@ from pema_export.oov.heldout import full_vocabulary_vectors, heldout_report
 from pema_export.pema import PartialModel, check_save_full_dir, load_partial_model, map_ids, original_numbering_config, save_full_model
 from pema_export.profiles import Target, load_target
 from pema_export.scan import VocabScan, open_source, scan_vocabulary
+from pema_export.string_input import check_extensions
 from pema_export.stages import ModelShape, Shipped, ship, stage_names
+from pema_export.stages import string_input as string_input_stage
 from pema_export.stages.formats import format_of
 from pema_export.tasks import TASKS
 from pema_export.tokenizers import original_tokenizer_json, prune_tokenizer, pruned_tokenizer_config, tokenizer_family, tokenizer_json_text
@@ -82,6 +85,7 @@ class ExportOptions:
     prior_lang: list[str] | None = None  # --prior-lang: their language(s); None: detected from the corpus
     max_bytes: int | None = None  # --max-bytes: the most beneficial vocabulary whose predicted bundle fits
     tail_row_bytes: int | None = None  # --tail-row-bytes: bytes per row of the compressed tail (--oov tail)
+    tokenizer: str | None = None  # --tokenizer: "in-graph" ships a model that takes strings; None: the profile's ("ids")
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
     plan = prepare(options)
     vocabulary = scan(plan, log)
+    text_plan = string_input_plan(plan, vocabulary, log)
     partial = partial_model(plan, vocabulary)
     training = train(plan, vocabulary, partial, log)
     # Everything is written to a staging folder and moved into place only after every check passed.
@@ -150,7 +155,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
         exported = export(plan, vocabulary, partial, Path(scratch), log)
         verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, log)
-        shipped = ship_stages(plan, vocabulary, exported, verified, staged, Path(scratch), log)
+        shipped = ship_stages(plan, vocabulary, exported, verified, text_plan, staged, Path(scratch), log)
         heldout = held_out(plan, vocabulary, staged, log)
         manifest = build_manifest(plan, vocabulary, partial, training, heldout, verified, shipped, staged)
         files = commit(plan, vocabulary, manifest, staged)
@@ -161,7 +166,7 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
 
 def prepare(options: ExportOptions) -> Plan:
     """Everything that can be checked cheaply, before any work starts; the model and its tokenizer opened."""
-    target = load_target(options.target, quantize=options.quantize)
+    target = load_target(options.target, quantize=options.quantize, tokenizer=options.tokenizer)
     out = Path(options.out)
     check_output_path(out)
     format_of(target).check_out(target.name, out)
@@ -173,7 +178,12 @@ def prepare(options: ExportOptions) -> Plan:
     refusal = POLICIES[options.oov].refusal(TASKS[options.task]) if options.task and options.oov in POLICIES else None
     if refusal:
         raise TargetError(refusal.message)
+    if target.tokenizer == "in-graph":
+        check_extensions()  # one line when onnxruntime-extensions is missing or will not load
     source, tokenizer_json = open_source(options.model)
+    if target.tokenizer == "in-graph":
+        # what the ops cannot reproduce does not depend on the vocabulary: refuse it before reading the corpus
+        string_input_stage.plan_for(source.path, tokenizer_json, tokenizer_json, max_length=options.max_length)
     return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json))
 
 
@@ -199,6 +209,18 @@ def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
     if 0 < summary.labelled < summary.texts:
         load_examples(plan.corpus_paths)  # raises, naming the first unlabelled text
     return Vocabulary(found, applied, _labels(summary.labels) if trains else None)
+
+
+def string_input_plan(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None]):
+    """--tokenizer in-graph: the in-graph tokenizer planned for the tokenizer.json the bundle will ship (pruned or
+    original), before any training, so a refusal costs nothing; None otherwise."""
+    if plan.target.tokenizer != "in-graph":
+        return None
+    shipped = _tokenizer_jsons(plan, vocabulary).shipped_json
+    text_plan = string_input_stage.plan_for(plan.source.path, plan.tokenizer_json, shipped, max_length=plan.options.max_length)
+    log(f"--tokenizer in-graph: {text_plan.family} with {', '.join(text_plan.ops)} (onnxruntime-extensions), exact on "
+        "every corpus and --eval text or the export fails")
+    return text_plan
 
 
 def partial_model(plan: Plan, vocabulary: Vocabulary) -> PartialModel:
@@ -240,8 +262,8 @@ def write_tokenizer(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, s
     """tokenizer.json, tokenizer_config.json, config.json (and a SentencePiece model) in the numbering the bundle
     ships: the kept ids 0..k-1, or the original ids when the policy keeps them."""
     kept, original_numbering = vocabulary.kept, vocabulary.scan.policy.ships_original_numbering
-    pruned_json = prune_tokenizer(plan.tokenizer_json, kept.kept_ids)
-    shipped_json = original_tokenizer_json(plan.tokenizer_json) if original_numbering else pruned_json
+    tokenizers = _tokenizer_jsons(plan, vocabulary)
+    pruned_json, shipped_json = tokenizers.pruned_json, tokenizers.shipped_json
     staged.path("tokenizer.json").write_text(tokenizer_json_text(shipped_json), encoding="utf-8")
     if original_numbering:
         shipped_id_map = {int(i): int(i) for i in range(kept.original_size)}
@@ -254,7 +276,13 @@ def write_tokenizer(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, s
     staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
     config = original_numbering_config(partial.model.config, kept) if original_numbering else partial.model.config
     config.to_json_file(str(staged.path("config.json")))
-    return Tokenizers(pruned_json, shipped_json)
+    return tokenizers
+
+
+def _tokenizer_jsons(plan: Plan, vocabulary: Vocabulary) -> Tokenizers:
+    pruned_json = prune_tokenizer(plan.tokenizer_json, vocabulary.kept.kept_ids)
+    original_numbering = vocabulary.scan.policy.ships_original_numbering
+    return Tokenizers(pruned_json, original_tokenizer_json(plan.tokenizer_json) if original_numbering else pruned_json)
 
 
 def export(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, work: Path, log: Callable[[str], None]) -> Exported:
@@ -289,12 +317,19 @@ def verify(plan: Plan, vocabulary: Vocabulary, tokenizers: Tokenizers, partial: 
     return Verified(fidelity, parity, reference)
 
 
-def ship_stages(plan: Plan, vocabulary: Vocabulary, exported: Exported, verified: Verified, staged: StagedBundle, work: Path,
-                log: Callable[[str], None]) -> Shipped:
-    """The target's stages (and the policy's graph stages), each checked against the fp32 ONNX; the files staged."""
+def ship_stages(plan: Plan, vocabulary: Vocabulary, exported: Exported, verified: Verified, text_plan, staged: StagedBundle,
+                work: Path, log: Callable[[str], None]) -> Shipped:
+    """The target's stages (and the policy's graph stages, and the string input), each checked against the fp32 ONNX;
+    the files staged."""
     log(f"building the {plan.target.name} bundle: {stage_names(plan.target)}, each checked against the fp32 ONNX")
+    graph_stages = vocabulary.applied.graph_stages()
+    if text_plan is not None:
+        # padded as the stages' reference pads (the exported model's pad id, in the ids it takes)
+        text_plan = replace(text_plan, pad_id=_pad_id(exported.model.config))
+        graph_stages = (*graph_stages, string_input_stage.StringInput(
+            text_plan, corpus_texts=lambda: iter_texts(plan.corpus_paths), heldout_texts=tuple(iter_texts(plan.eval_paths)) if plan.eval_paths else ()))
     return ship(plan.target, exported.fp32, ModelShape.from_config(exported.model.config), verified.reference, staged,
-                plan.out, work, log, vocabulary.applied.graph_stages())
+                plan.out, work, log, graph_stages)
 
 
 def held_out(plan: Plan, vocabulary: Vocabulary, staged: StagedBundle, log: Callable[[str], None]) -> HeldOutRecord | None:
@@ -316,6 +351,7 @@ def held_out(plan: Plan, vocabulary: Vocabulary, staged: StagedBundle, log: Call
         staged.path(model_name), tokenizer, texts, [label_ids[e.label] for e in examples] if label_ids else None,
         vocabulary.scan.task, unk_id=unk_id, dropped_ids=dropped_ids,
         full_vectors=full_vocabulary_vectors(plan.source, texts, max_length) if encoder else None,
+        text_input=plan.target.tokenizer == "in-graph",
     )
     record = report.as_manifest(plan.eval_paths[0].name, model_name)
     figure = (f"cosine to the full model {record.cosine_to_full['mean']:.4f} (mean), nearest-neighbour agreement "
@@ -354,6 +390,7 @@ def build_manifest(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, tr
         stages=shipped.stages,
         embedding_bytes=shipped.embedding_bytes,
         mobile=shipped.mobile,
+        string_input=shipped.string_input,
         files=staged.file_entries(),
         versions=_versions(),
     )

@@ -182,15 +182,21 @@ def onnx_reference(fp32_path: Path, pruned: Tokenizer, texts: list[str], pad_id:
     return OnnxReference(texts=list(texts), feeds=feeds, outputs=outputs, bound=bound)
 
 
-def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision: str) -> StageCheck:
+def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision: str, text_input: bool = False) -> StageCheck:
     """Compare ``candidate`` (.onnx or .ort) with the fp32 ONNX; raise naming ``stage`` when it misses its bound.
 
     fp32 stages: every output within STAGE_ATOL. int8/fp16 stages: the reference's bound (top-1 agreement, or the
     cosine of the sentence vector or of the token states of the text's real tokens). Padded positions are never
-    compared: fused attention leaves them undefined and no app reads them.
+    compared: fused attention leaves them undefined and no app reads them. ``text_input``: the candidate takes the
+    texts themselves (the in-graph tokenizer, stages/string_input.py), through onnxruntime-extensions.
     """
     try:
-        session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+        if text_input:
+            from pema_export.string_input import session as string_session
+
+            session = string_session(candidate)
+        else:
+            session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types; the stage is what the user needs
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise VerificationError(f"stage {stage!r} failed: onnxruntime cannot load its output: {first_line}") from None
@@ -203,8 +209,10 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
     worst, rows = 0.0, []
     text_index = 0
     for feed, want in zip(reference.feeds, reference.outputs):
-        got = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in session_inputs})))
         mask = feed["attention_mask"].astype(bool)
+        if text_input:
+            feed = {"text": np.array(reference.texts[text_index : text_index + mask.shape[0]], dtype=object)}
+        got = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in session_inputs})))
         for row in range(mask.shape[0]):
             text = reference.texts[text_index + row]
             for name in names:

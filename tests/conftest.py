@@ -278,3 +278,40 @@ def check_size_baseline(bundle_dir: Path, name: str, tolerance: str = "2%") -> N
     assert cli_main(["check", str(bundle_dir), "--baseline", str(baseline), "--tolerance", tolerance]) == 0, (
         f"the bundle grew past {baseline} (see the lines above); if that is intended, update it with PEMA_UPDATE_BASELINES=1"
     )
+
+
+def train_sentencepiece_xlmr(folder: Path) -> Path:
+    """An XLM-R-style tokenizer as it ships: a SentencePiece Unigram .model and transformers' tokenizer.json for it."""
+    import io
+
+    import sentencepiece
+    from transformers import XLMRobertaTokenizerFast
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TRAINING_TEXT), model_writer=model, vocab_size=700, model_type="unigram",
+        character_coverage=0.9995, num_threads=1, minloglevel=2,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    XLMRobertaTokenizerFast(vocab_file=str(folder / "sentencepiece.bpe.model")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_sentencepiece(tmp_path_factory) -> Path:
+    """A tiny XLM-R with a real SentencePiece .model beside its tokenizer.json (what the in-graph Unigram runs)."""
+    folder = train_sentencepiece_xlmr(tmp_path_factory.mktemp("tiny-xlmr-spm"))
+    return save_tiny_family_model(folder, "xlm-roberta", XLMR_TOKENIZER_CONFIG, **TINY_SIZES, **ROBERTA_IDS)
+
+
+@pytest.fixture(scope="session")
+def tiny_full_vocab(tmp_path_factory) -> Path:
+    """A tiny random BERT (32 wide) with all-MiniLM-L6-v2's real 30,522-token tokenizer: plenty of rows outside any
+    small corpus, at tiny-model speed."""
+    from tokenizers import Tokenizer
+
+    from pema_export.models import resolve_model
+
+    tokenizer = Tokenizer.from_file(str(resolve_model(None).tokenizer_json))
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-full-vocab"), "bert", tokenizer)

@@ -32,7 +32,7 @@ def test_the_manifest_reads_back_into_the_same_bytes(tiny_bundle):
     value or order changes (the OOV policies' entries, spread among the vocab keys, included)."""
     text = (tiny_bundle / "pema-manifest.json").read_text(encoding="utf-8")
     manifest = Manifest.from_json(json.loads(text))
-    assert list(manifest.vocab.policies) == ["remap"] and manifest.stages[0]["stage"] == "export"
+    assert list(manifest.vocab.policies) == ["remap", "tail"] and manifest.stages[0]["stage"] == "export"
     assert json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n" == text
 
 

@@ -75,6 +75,7 @@ def run(argv: Sequence[str]) -> int:
         tail_row_bytes=args.tail_row_bytes,
         task=args.task,
         quantize=args.quantize,
+        tokenizer=args.tokenizer,
         save_full=args.save_full,
     )
     log = (lambda message: None) if args.quiet else (lambda message: print(f"pema-export: {message}", file=sys.stderr))

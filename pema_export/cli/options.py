@@ -7,6 +7,7 @@ import argparse
 from pema_export.errors import PemaError
 from pema_export.oov import CHOICES as OOV_CHOICES
 from pema_export.oov import DEFAULT as DEFAULT_OOV
+from pema_export.profiles import TOKENIZERS
 
 # options that count something: at least 1 wherever they are given
 _AT_LEAST_ONE = ("epochs", "batch_size", "max_length", "min_count", "max_vocab", "prior_words", "tail_row_bytes")
@@ -24,6 +25,10 @@ def add_target(parser: argparse.ArgumentParser) -> None:
                         "list: pema-export targets)")
     parser.add_argument("--quantize", metavar="none|int8|fp16", help="number format, overriding the target profile's; "
                         "int8/fp16 must agree with fp32 on >= 99%% of corpus texts (docs/targets.md)")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, help="where the app's text becomes ids: 'ids' (default) "
+                        "ships tokenizer.json for the app to run and a model that takes input_ids; 'in-graph' puts the "
+                        "tokenizer in the model (onnxruntime-extensions ops, exact or refused): the model takes a batch "
+                        "of strings, for the cpu, android and ios targets (docs/string-input.md)")
 
 
 def add_vocabulary(parser: argparse.ArgumentParser) -> None:

@@ -37,13 +37,14 @@ class HeldOutReport:
 
 
 def heldout_report(model_path: Path, tokenizer, texts: list[str], labels: list[int] | None, task: Task, *,
-                   unk_id: int | None, dropped_ids: np.ndarray | None = None, full_vectors: np.ndarray | None = None) -> HeldOutReport:
+                   unk_id: int | None, dropped_ids: np.ndarray | None = None, full_vectors: np.ndarray | None = None,
+                   text_input: bool = False) -> HeldOutReport:
     """Run the shipped model one text at a time (as an app does) on held-out texts with the shipped tokenizer.
 
     ``labels``: the task's metric of its top answers. ``unk_id`` is in the shipped tokenizer's numbering;
     ``dropped_ids`` (bundles in the original numbering): a boolean mask of the original ids that run as another
     token. ``full_vectors`` (encoders): the original model's sentence vectors for ``texts``
-    (``full_vocabulary_vectors``)."""
+    (``full_vocabulary_vectors``). ``text_input``: the shipped model takes the texts themselves (--tokenizer in-graph)."""
     import onnxruntime as ort
 
     encodings = tokenizer.encode_batch(texts)
@@ -52,15 +53,22 @@ def heldout_report(model_path: Path, tokenizer, texts: list[str], labels: list[i
     remapped = float(np.mean(dropped_ids[pieces])) if dropped_ids is not None and len(pieces) else 0.0
     if labels is None and full_vectors is None:
         return HeldOutReport(texts=len(texts), pieces=len(pieces), unk_rate=unk, remapped_rate=remapped, accuracy=None)
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    if text_input:
+        from pema_export.string_input import session as string_session
+
+        session = string_session(model_path)
+    else:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     input_names = {i.name for i in session.get_inputs()}
     output_names = [o.name for o in session.get_outputs()]
     answers = []
-    for encoding in encodings:
+    for text, encoding in zip(texts, encodings):
         ids = np.asarray([encoding.ids], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         if "token_type_ids" in input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
+        if text_input:
+            feeds = {"text": np.array([text], dtype=object)}
         if labels is not None:
             answers.append(int(session.run([task.outputs[0]], feeds)[0][0].argmax()))
         elif SENTENCE_OUTPUT in output_names:
