@@ -8,7 +8,6 @@ prepare -> scan -> partial model -> train -> tokenizer -> export -> verify -> sh
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,7 +19,7 @@ from pema_export import __version__
 from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
-from pema_export.errors import CorpusError, TargetError
+from pema_export.errors import CorpusError, ModelError, TargetError, TrainingError
 from pema_export.export import export_onnx
 from pema_export.manifest import (
     CorpusRecord,
@@ -141,15 +140,16 @@ class Verified:
 def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
     """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
     plan = prepare(options)
-    vocabulary = scan(plan, log)
-    partial = partial_model(plan, vocabulary)
-    training = train(plan, vocabulary, partial, log)
-    # Everything is written to a staging folder and moved into place only after every check passed.
-    with StagedBundle(plan.out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as scratch:
+    # The output folder is claimed before any work (a second export to it is refused); everything, scratch files
+    # included, is written to its staging folder and moved into place only after every check passed.
+    with StagedBundle(plan.out.parent) as staged:
+        vocabulary = scan(plan, log)
+        partial = partial_model(plan, vocabulary)
+        training = train(plan, vocabulary, partial, log)
         tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
-        exported = export(plan, vocabulary, partial, Path(scratch), log)
+        exported = export(plan, vocabulary, partial, staged.work, log)
         verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, log)
-        shipped = ship_stages(plan, vocabulary, exported, verified, staged, Path(scratch), log)
+        shipped = ship_stages(plan, vocabulary, exported, verified, staged, staged.work, log)
         heldout = held_out(plan, vocabulary, staged, log)
         manifest = build_manifest(plan, vocabulary, partial, training, heldout, verified, shipped, staged)
         files = commit(plan, vocabulary, manifest, staged)
@@ -173,6 +173,9 @@ def prepare(options: ExportOptions) -> Plan:
     if refusal:
         raise TargetError(refusal.message)
     source, tokenizer_json = open_source(options.model)
+    positions = source.max_positions()
+    if positions is not None and options.max_length > positions:
+        raise ModelError(f"--max-length {options.max_length}: {source.name} has {positions} positions; use at most {positions}")
     return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json))
 
 
@@ -217,6 +220,9 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
     log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
     report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
                        metric=vocabulary.scan.task.metric)
+    if not all(bool(p.isfinite().all()) for p in partial.model.parameters()):
+        raise TrainingError(f"fine-tuning diverged: the weights are no longer finite after training at --lr "
+                            f"{options.train.lr:g}; lower --lr")
     log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
     return TrainingRecord(
         epochs=report.epochs,
