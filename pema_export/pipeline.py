@@ -400,6 +400,9 @@ def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None
     examples = load_examples(plan.corpus_paths)
     if plan.eval_paths:
         train_examples, eval_examples = examples, load_examples(plan.eval_paths)
+        if eval_examples[0].label is None:
+            raise CorpusError(f"--eval {plan.eval_paths[0]} is unlabelled: a classifier is scored on labelled texts "
+                              "(label<TAB>text, or a label column)")
         unknown = sorted({e.label for e in eval_examples} - set(labels))
         if unknown:
             raise CorpusError(f"--eval file has labels the corpus does not: {', '.join(map(repr, unknown))}")

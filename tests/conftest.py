@@ -93,6 +93,16 @@ def tiny_distilbert(tmp_path_factory, wordpiece_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_bert) -> Path:
+    """tiny_bert exported for the cpu target on the search texts (no training): a real bundle to measure; read only."""
+    from pema_export.cli import main
+
+    out = tmp_path_factory.mktemp("bundle") / "model.onnx"
+    assert main(["--model", str(tiny_bert), "--corpus", str(SAMPLES / "search_texts.txt"), "--out", str(out), "--quiet"]) == 0
+    return out.parent
+
+
+@pytest.fixture(scope="session")
 def minilm_path() -> Path:
     from pema_export.models import resolve_model
 

@@ -1,6 +1,7 @@
 """Every bad input: one line on stderr, exit code 2, nothing written, any earlier bundle left intact."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from pema_export import pipeline, verify
 from pema_export.cli import main
 from pema_export.errors import VerificationError
-from conftest import save_tiny_model
+from conftest import run_cli, save_tiny_model
 
 
 def run(capsys, *args) -> tuple[int, str]:
@@ -152,3 +153,190 @@ def test_real_parity_failure_is_caught(tmp_path, tiny_bert):
     onnx.save(graph, str(out))
     with pytest.raises(VerificationError, match="where is my order"):
         verify.check_parity(out, reference, tokenizer, ["where is my order"], pad_id=0)
+
+
+# --- Every option of every subcommand, with a bad value (issue 15) -----------------------------------------------
+# The options are read from the parsers, so a new option is walked too. Values a parser can judge from the option's
+# type (an int that is no number, a choice that is not one, a value given to a flag, 0 for a count) are made here;
+# BAD_VALUES adds what only the meaning says is bad ("command:dest" for one subcommand only). An option with neither fails the coverage test below: give it
+# a bad value when you add it. "{name}" is a file or folder made by `bad_inputs`; extra words after the value are
+# the other options the case needs.
+
+BAD_VALUES: dict[str, list[list[str]]] = {
+    "model": [["{missing}"], ["{text}"], ["{empty_folder}"], ["{broken_model}"], ["no-such-org/no-such-model"]],
+    "export:model": [["{remote_code_model}"]],  # scan reads only the tokenizer and config
+    "corpus": [["{missing}"], ["{empty_folder}"], ["{latin1.txt}"], ["{empty.txt}"], ["{blank.txt}"], ["{unknown.pdf}"],
+               ["{no_text_column.csv}"], ["{not_json.jsonl}"], ["{mixed_labels.txt}"]],
+    "export:corpus": [["{one_label.txt}"], ["{partly_labelled.txt}"]],  # what training cannot use; scan only counts
+    "out": [["{tmp}/model.bin"], ["{empty_folder}"], ["{text}/model.onnx"]],
+    "target": [["toaster"], ["{bad.toml}"], ["{missing}.toml"], ["{unknown_key.toml}"]],
+    "quantize": [["int4"], ["fp16", "--target", "android"]],
+    "keep_tokens": [["{missing}"], ["{latin1.txt}"], ["{empty_folder}"]],
+    "min_count": [["-3"]],
+    "max_vocab": [["2"]],
+    "max_bytes": [["-5"], ["12 XB"], ["1 kB"], ["1e400"]],
+    "prior_words": [["-1"]],
+    "prior_lang": [["xx", "--prior-words", "10"], [",,", "--prior-words", "10"], ["en"]],  # en: without --prior-words
+    "oov_dropout": [["1.5"], ["-0.1"], ["nan"]],
+    "task": [["fill-mask", "--oov", "remap"]],
+    "eval_file": [["{missing}"], ["{latin1.txt}"], ["{unknown_labels.txt}"], ["{unlabelled.txt}"]],
+    "eval_split": [["0"], ["1"], ["nan"]],
+    "epochs": [["-2"]],
+    "lr": [["0"], ["-1e-4"], ["inf"], ["nan"], ["1e30"]],  # 1e30: training diverges
+    "batch_size": [["-16"]],
+    "max_length": [["100000"]],
+    "seed": [["-1"], ["99999999999999999999999"]],
+    "device": [["gpu"], ["cpu:abc"], ["cuda:99"]],
+    "save_full": [["{text}"], ["{nonempty_folder}"]],
+    "heldout": [["{missing}"], ["{latin1.txt}"]],
+    "bundle": [["{missing}"], ["{text}"], ["{empty_folder}"], ["{corrupt_bundle}"], ["{mixed_bundle}"]],
+    "plot": [["{tmp}/size.foo"], ["{missing}/size.png"]],
+    "budget": [["{missing}"], ["{bad.toml}"], ["{unknown_key.toml}"], ["{latin1.txt}"]],
+    "baseline": [["{missing}"], ["{text}"], ["{list.json}"], ["{other_model.json}"]],
+    "tolerance": [["abc"], ["-1%"], ["nan%"]],
+}
+
+
+def _parsers() -> dict:
+    from pema_export.cli import check, export, scan, size, targets
+
+    return {"export": export.parser(), "scan": scan.parser(), "size": size.parser(), "check": check.parser(),
+            "targets": targets.parser()}
+
+
+def _options(parser) -> list:
+    return [action for action in parser._actions if action.dest != "help"]
+
+
+def _generic_bad_values(action) -> list[list[str]]:
+    """What the option's declaration alone says is bad."""
+    from pema_export.cli.options import _AT_LEAST_ONE
+
+    if action.nargs == 0:  # a flag: it takes no value
+        return [["=yes"]]
+    values = []
+    if action.choices:
+        values.append(["bogus"])
+    if action.type is int:
+        values.append(["many"])
+    if action.type is float:
+        values.append(["x"])
+    if action.dest in _AT_LEAST_ONE:
+        values.append(["0"])
+    return values
+
+
+def _bad_values(command: str, action) -> list[list[str]]:
+    return _generic_bad_values(action) + BAD_VALUES.get(action.dest, []) + BAD_VALUES.get(f"{command}:{action.dest}", [])
+
+
+def _cases() -> list:
+    cases = []
+    for command, parser in _parsers().items():
+        cases.append(pytest.param(command, None, ["--no-such-option"], id=f"{command}-unknown-option"))
+        for action in _options(parser):
+            for bad in _bad_values(command, action):
+                name = action.option_strings[0] if action.option_strings else action.dest
+                cases.append(pytest.param(command, action, bad, id=f"{command}-{name}-{' '.join(bad)}"))
+    return cases
+
+
+def test_every_option_of_every_subcommand_has_a_bad_value_to_try():
+    untried = [f"{command} {action.option_strings or action.dest}" for command, parser in _parsers().items()
+               for action in _options(parser) if not _bad_values(command, action)]
+    assert not untried, f"add bad values to BAD_VALUES for: {', '.join(untried)}"
+
+
+@pytest.fixture()
+def bad_inputs(tmp_path, tiny_bert, tiny_bundle) -> dict[str, Path]:
+    import shutil
+
+    files = tmp_path / "inputs"
+    files.mkdir()
+
+    def write(name: str, content: str | bytes) -> Path:
+        path = files / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    made = {"tmp": tmp_path, "missing": tmp_path / "missing" / "nothing-here.txt"}
+    made["text"] = write("words.txt", "where is my order\n")
+    for name, content in {
+        "latin1.txt": b"refund\tr\xe9clamation\n", "empty.txt": b"", "blank.txt": "\n  \n", "unknown.pdf": "%PDF-1.4\n",
+        "no_text_column.csv": "query,label\nhello,a\n", "not_json.jsonl": "text: hello\n",
+        "one_label.txt": "refund\tmoney back\nrefund\trefund me\n",
+        "partly_labelled.txt": "refund\tmoney back\nwhere is my order\n",
+        "mixed_labels.txt": "1\tmoney back\nlate\twhere is my order\n",
+        "unknown_labels.txt": "no_such_label\twhere is my order\n", "unlabelled.txt": "where is my order\n",
+        "bad.toml": "{\n", "unknown_key.toml": 'name = "x"\nmax_byte = 5\n', "list.json": "[1, 2]\n",
+    }.items():
+        made[name] = write(name, content)
+    made["empty_folder"] = files / "empty-folder"
+    made["empty_folder"].mkdir()
+    made["nonempty_folder"] = files / "full-folder"
+    made["nonempty_folder"].mkdir()
+    (made["nonempty_folder"] / "keep.txt").write_text("x")
+    made["broken_model"] = shutil.copytree(tiny_bert, files / "broken-model")
+    (made["broken_model"] / "config.json").write_text('{"model_type": ')
+    made["remote_code_model"] = shutil.copytree(tiny_bert, files / "remote-code-model")
+    config = json.loads((tiny_bert / "config.json").read_text())
+    config.update(model_type="custom-x", auto_map={"AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel"})
+    (made["remote_code_model"] / "config.json").write_text(json.dumps(config))
+    made["corrupt_bundle"] = files / "corrupt-bundle"
+    made["corrupt_bundle"].mkdir()
+    (made["corrupt_bundle"] / "model.onnx").write_bytes(b"\x08\x07 not a model")
+    made["mixed_bundle"] = shutil.copytree(tiny_bundle, files / "mixed-bundle")
+    (made["mixed_bundle"] / "tokenizer.json").write_text((tiny_bert / "tokenizer.json").read_text())  # another export's
+    manifest = json.loads((tiny_bundle / "pema-manifest.json").read_text())
+    manifest["model"]["source"] = "someone/else"
+    made["other_model.json"] = write("other_model.json", json.dumps(manifest))
+    return made
+
+
+def _listing(*folders: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for folder in folders for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("command, action, bad", _cases())
+def test_a_bad_value_is_one_error_line_exit_2_and_nothing_written(command, action, bad, capsys, tmp_path, bad_inputs,
+                                                                  tiny_bert, tiny_bundle, labelled_corpus):
+    out = tmp_path / "out" / "model.onnx"
+    base = {
+        "export": {"--model": str(tiny_bert), "--corpus": str(labelled_corpus), "--out": str(out), "--epochs": "1"},
+        "scan": {"--model": str(tiny_bert), "--corpus": str(labelled_corpus)},
+        "size": {"BUNDLE_DIR": str(tiny_bundle)}, "check": {"BUNDLE_DIR": str(tiny_bundle)}, "targets": {},
+    }[command]
+    value, *extra = [re.sub(r"\{([^}]+)\}", lambda m: str(bad_inputs[m.group(1)]), word) for word in bad]
+    if action is None:
+        given = {}
+        extra = [value]
+    elif action.nargs == 0:
+        given = {f"{action.option_strings[0]}{value}": None}
+    else:
+        given = {action.option_strings[0] if action.option_strings else action.metavar: value}
+    options = {**base, **given}
+    argv = [command] if command != "export" else []
+    argv += [v for key, v in options.items() if key.isupper()]  # positionals first
+    for key, v in options.items():
+        if not key.isupper():
+            argv += [key] if v is None else [key, v]
+    argv += extra + (["--quiet"] if command == "export" else [])
+    before = _listing(tmp_path, tiny_bundle)
+    code = main(argv)  # an exception escaping main is the traceback a user would see: the test fails on it
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2, (argv, captured.err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("pema-export: error: "), captured.err
+    assert captured.out == ""
+    assert _listing(tmp_path, tiny_bundle) == before, "the failed run wrote or left something"
+
+
+def test_the_console_script_prints_only_the_error_line_for_argument_errors(tmp_path):
+    """argparse's own errors (a bad choice, a bad number, a missing argument): one line, not the usage block first."""
+    for args, message in ((["--corpus", "x.txt", "--out", "m.onnx", "--oov", "bogus"], "argument --oov: invalid choice: 'bogus'"),
+                          (["scan", "--corpus", "x.txt", "--epochs", "3"], "scan: unrecognized arguments: --epochs 3"),
+                          (["size"], "size: the following arguments are required: BUNDLE_DIR")):
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.splitlines() == [f"pema-export: error: {message}{done.stderr.split(message, 1)[1].rstrip()}"]
+        assert "usage:" not in done.stderr and "Traceback" not in done.stderr

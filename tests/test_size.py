@@ -13,13 +13,6 @@ from conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory, tiny_bert):
-    out = tmp_path_factory.mktemp("bundle") / "model.onnx"
-    assert main(["--model", str(tiny_bert), "--corpus", str(SAMPLES / "search_texts.txt"), "--out", str(out), "--quiet"]) == 0
-    return out.parent
-
-
-@pytest.fixture(scope="module")
 def tiny_fp32_bundle(tmp_path_factory, tiny_bert):
     out = tmp_path_factory.mktemp("bundle-fp32") / "model.onnx"
     assert main(["--model", str(tiny_bert), "--corpus", str(SAMPLES / "search_texts.txt"), "--out", str(out),

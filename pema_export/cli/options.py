@@ -67,6 +67,13 @@ def check_ranges(args: argparse.Namespace) -> None:
         raise PemaError(f"--lr must be a positive number, not {args.lr}")
     if getattr(args, "oov_dropout", None) is not None and not 0 <= args.oov_dropout < 1:
         raise PemaError("--oov-dropout must be at least 0 and below 1")
+    if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**32:
+        raise PemaError(f"--seed must be between 0 and {2**32 - 1}")  # numpy's and torch's seed range
+    if getattr(args, "prior_lang", None) is not None:
+        if not args.prior_words:
+            raise PemaError("--prior-lang names the languages of --prior-words N: pass --prior-words too")
+        if not languages(args.prior_lang):
+            raise PemaError(f"--prior-lang {args.prior_lang!r} names no language (e.g. en or en,de)")
 
 
 def languages(prior_lang: str | None) -> list[str] | None:
