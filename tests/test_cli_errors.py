@@ -1,7 +1,9 @@
 """Every bad input: one line on stderr, exit code 2, nothing written, any earlier bundle left intact."""
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,3 +342,91 @@ def test_the_console_script_prints_only_the_error_line_for_argument_errors(tmp_p
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr.splitlines() == [f"pema-export: error: {message}{done.stderr.split(message, 1)[1].rstrip()}"]
         assert "usage:" not in done.stderr and "Traceback" not in done.stderr
+
+
+# --- Corpora from outside: random bytes, mixed encodings, huge lines, a format that does not match the extension ---
+
+SAMPLE_LINES = [line for line in (Path(__file__).parent.parent / "samples" / "app_texts.txt").read_text(
+    encoding="utf-8").splitlines() if line][:60]
+ENCODINGS = ["utf-8", "latin-1", "utf-16", "cp1252", "shift_jis", "utf-8-sig"]
+
+
+def _render(lines: list[str], layout: str, labelled: bool) -> str:
+    """Sample lines (label<TAB>text) written in a corpus format's layout, with or without their labels."""
+    pairs = [line.split("\t", 1) for line in lines]
+    if layout == "txt":
+        return "".join((f"{label}\t{text}" if labelled else text) + "\n" for label, text in pairs)
+    if layout == "jsonl":
+        return "".join(json.dumps({"text": text, **({"label": label} if labelled else {})}) + "\n" for label, text in pairs)
+    delimiter = "\t" if layout == "tsv" else ","
+    header = f"label{delimiter}text\n" if labelled else "text\n"
+    return header + "".join((f"{label}{delimiter}" if labelled else "") + f'"{text}"\n' for label, text in pairs)
+
+
+def corpus_files():
+    from hypothesis import strategies as st
+
+    suffixes = st.sampled_from([".txt", ".tsv", ".csv", ".jsonl"])
+    texts = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=40)
+    random_bytes = st.binary(min_size=1, max_size=600)
+    mixed_encodings = st.lists(st.tuples(texts, st.sampled_from(ENCODINGS)), min_size=1, max_size=12).map(
+        lambda lines: b"\n".join(text.encode(encoding, errors="replace") for text, encoding in lines) + b"\n")
+    # sample texts around one line of 20k-200k characters (unlabelled: no training, the whole export runs)
+    huge_line = st.tuples(texts, st.integers(20_000, 200_000), st.lists(st.sampled_from(SAMPLE_LINES), min_size=1, max_size=8)).map(
+        lambda t: "".join(line.split("\t", 1)[1] + "\n" for line in t[2]).encode() + ((t[0] + " ") * (t[1] // (len(t[0]) + 1))).encode())
+    # real texts in one format's layout, under any extension (the same one included: a good corpus)
+    layouts = st.tuples(st.lists(st.sampled_from(SAMPLE_LINES), min_size=1, max_size=30),
+                        st.sampled_from(["txt", "tsv", "csv", "jsonl"]), st.booleans())
+    other_layout = layouts.map(lambda t: _render(*t).encode())
+    return st.tuples(st.one_of(random_bytes, mixed_encodings, huge_line, other_layout), suffixes)
+
+
+def _fuzz_settings():
+    from hypothesis import HealthCheck, settings
+
+    # derandomized: the same examples on every run, so a failure here is a failure everywhere
+    return settings(max_examples=12, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _fuzz(test):
+    from hypothesis import example, given
+
+    for content, suffix in [
+        (b"[" * 100_000 + b"\n", ".jsonl"),  # deeper than Python's JSON parser recurses
+        (b'{"text": "a\\ud800b", "label": "x"}\n', ".jsonl"),  # half a surrogate pair: not text
+        (b"text\n" + b"x" * 200_000 + b"\n", ".csv"),  # over the csv module's field limit
+        (b"hello\x00world\nsecond line\n", ".txt"),  # NUL is a character like any other
+        ("".join(line.split("\t", 1)[1] + "\n" for line in SAMPLE_LINES[:8]).encode() + b"refund " * 30_000, ".txt"),
+    ]:
+        test = example((content, suffix))(test)
+    return _fuzz_settings()(given(corpus_files())(test))
+
+
+@_fuzz
+def test_any_corpus_gives_a_verified_bundle_or_one_error_line(tmp_path, capsys, tiny_bert, corpus):
+    """No traceback, whatever the file holds: the export writes a bundle that passed verification, or says in one
+    line why not and writes nothing."""
+    import shutil
+    import tempfile
+
+    from pema_export.bundle import check_complete
+
+    content, suffix = corpus
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    path = folder / f"corpus{suffix}"
+    path.write_bytes(content)
+    out = folder / "out" / "model.onnx"
+    code = main(["--model", str(tiny_bert), "--corpus", str(path), "--out", str(out), "--epochs", "1", "--quantize", "none",
+                 "--quiet"])  # an exception escaping main is a traceback: hypothesis reports it with the corpus
+    err = capsys.readouterr().err
+    if os.environ.get("PEMA_FUZZ_SHOW"):
+        print(f"{suffix} {len(content):,} bytes -> {code} {err.strip()[-90:]}", file=sys.__stderr__)
+    if code == 0:
+        manifest = json.loads((out.parent / "pema-manifest.json").read_text())
+        assert manifest["parity"]["tokenization_mismatches"] == 0 and manifest["parity"]["max_abs_diff"] <= 1e-4
+        check_complete(out.parent)
+    else:
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pema-export: error: "), err
+        assert not out.parent.exists(), "a refused corpus left files behind"
+    shutil.rmtree(folder)
