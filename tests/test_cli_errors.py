@@ -236,3 +236,36 @@ def test_any_corpus_gives_a_verified_bundle_or_one_error_line(tmp_path, capsys, 
         assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pema-export: error: "), err
         assert not out.parent.exists(), "a refused corpus left files behind"
     shutil.rmtree(folder)
+
+
+# --- Error paths of the model itself (issue 15: untested until now) ----------------------------------------------
+
+def test_an_unknown_sentence_transformers_pooling_mode_is_one_line(capsys, tmp_path, tiny_sentence_encoder):
+    import shutil
+
+    model = shutil.copytree(tiny_sentence_encoder, tmp_path / "max-pooling")
+    (model / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    assert_refused(capsys, tmp_path, r"sentence-transformers pooling \['pooling_mode_max_tokens'\] .* is not supported \(mean or cls only\)",
+                   "--model", model, "--corpus", corpus(tmp_path, "where is my order\n"))
+
+
+def test_fill_mask_refuses_an_output_projection_not_tied_to_the_input_embedding(capsys, tmp_path, wordpiece_tokenizer):
+    from conftest import ELECTRA_TOKENIZER_CONFIG, TINY_SIZES, save_tiny_family_model
+
+    model = save_tiny_family_model(tmp_path / "untied-mlm", "bert", ELECTRA_TOKENIZER_CONFIG, wordpiece_tokenizer, head="mlm",
+                                   tie_word_embeddings=False, pad_token_id=0, **TINY_SIZES)
+    assert_refused(capsys, tmp_path, "has no .* tied to its input embedding; --task fill-mask needs one",
+                   "--model", model, "--corpus", corpus(tmp_path, "where is my order\n"), "--task", "fill-mask", "--oov", "unk")
+
+
+def test_an_input_embedding_that_is_not_nn_embedding_is_named(tiny_bert):
+    import torch
+    from transformers import AutoModel
+
+    from pema_export.errors import ModelError
+    from pema_export.pema import input_embedding
+
+    model = AutoModel.from_pretrained(tiny_bert)
+    model.set_input_embeddings(torch.nn.EmbeddingBag(10, 32))
+    with pytest.raises(ModelError, match="the input embedding is EmbeddingBag, not torch.nn.Embedding"):
+        input_embedding(model)

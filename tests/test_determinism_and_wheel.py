@@ -2,17 +2,17 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import REPO, SAMPLES, run_cli
+from conftest import REPO, run_cli
 
 
-def test_two_processes_with_the_same_inputs_and_seed_write_identical_bytes(tmp_path, tiny_bert, monkeypatch):
+def test_two_processes_with_the_same_inputs_and_seed_write_identical_bytes(tmp_path, tiny_bert, labelled_corpus, monkeypatch):
     """Two separate runs of the installed command, each with its own hash seed (set ordering, dict iteration of
     hashed keys) and its own process state: every file of the two bundles, byte for byte."""
     bundles = []
     for run, hash_seed in (("first", "1"), ("second", "2")):
         monkeypatch.setenv("PYTHONHASHSEED", hash_seed)
         out = tmp_path / run / "model.onnx"
-        done = run_cli("--model", tiny_bert, "--corpus", SAMPLES / "app_texts.txt", "--out", out, "--epochs", "1",
+        done = run_cli("--model", tiny_bert, "--corpus", labelled_corpus, "--out", out, "--epochs", "1",
                        "--seed", "3", "--quiet")
         assert done.returncode == 0, done.stderr
         bundles.append({path.name: path.read_bytes() for path in sorted(out.parent.iterdir())})
