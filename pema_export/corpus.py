@@ -129,7 +129,7 @@ def _read_table(path: Path, delimiter: str) -> Iterator[Example]:
     text_col = header.index("text")
     label_col = header.index("label") if "label" in header else None
     kinds = _LabelKinds(path)
-    for row in reader:
+    for row in _csv_rows(reader, path):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
@@ -143,6 +143,17 @@ def _read_table(path: Path, delimiter: str) -> Iterator[Example]:
         yield Example(text, label or None)
 
 
+def _csv_rows(reader, path: Path) -> Iterator[list[str]]:
+    """The csv module's own errors (a field over its 128 KiB limit, a stray quote) name the file and line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CorpusError(f"corpus {path} line {reader.line_num}: {exc}") from None
+
+
 def _read_jsonl(path: Path) -> Iterator[Example]:
     label_type = None
     for number, line in _decoded_lines(path):
@@ -152,8 +163,13 @@ def _read_jsonl(path: Path) -> Iterator[Example]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise CorpusError(f"corpus {path} line {number} is not valid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise CorpusError(f"corpus {path} line {number} is not a corpus record: JSON nested too deeply") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise CorpusError(f'corpus {path} line {number}: expected an object with a string "text"')
+        for value in (record["text"], record.get("label")):
+            if isinstance(value, str) and not _is_unicode(value):
+                raise CorpusError(f"corpus {path} line {number}: an unpaired surrogate escape (\\ud800-\\udfff) is not text")
         text = record["text"].strip()
         if not text:
             continue
@@ -170,6 +186,15 @@ def _read_jsonl(path: Path) -> Iterator[Example]:
                 )
             label = str(label)
         yield Example(text, label)
+
+
+def _is_unicode(text: str) -> bool:
+    """JSON's \\uXXXX escapes can spell half a surrogate pair, which no tokenizer (nor UTF-8) can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # file suffix -> reader: a new corpus format is one reader and one row

@@ -5,6 +5,18 @@ class PemaError(Exception):
     """Base of every failure that is the input's fault, not a bug; its message is what the user reads."""
 
 
+class UsageError(PemaError):
+    """The command line itself is wrong: an unknown option, a missing argument, a value of the wrong type."""
+
+
+class TrainingError(PemaError):
+    """Fine-tuning did not produce a usable model (its weights are no longer finite)."""
+
+
+class IncompleteBundleError(PemaError):
+    """A bundle folder does not hold what its manifest says: an export was interrupted while moving files in."""
+
+
 class CorpusError(PemaError):
     """A corpus file is missing, unreadable, malformed or unusable for the job."""
 

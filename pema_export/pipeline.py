@@ -9,7 +9,7 @@ manifest -> commit
 from __future__ import annotations
 
 import json
-import tempfile
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -21,7 +21,7 @@ from pema_export import __version__
 from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, iter_texts, load_examples, read_corpus
-from pema_export.errors import CorpusError, TargetError
+from pema_export.errors import CorpusError, ModelError, TargetError, TrainingError
 from pema_export.export import export_onnx
 from pema_export.manifest import (
     CorpusRecord,
@@ -146,16 +146,17 @@ class Verified:
 def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
     """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
     plan = prepare(options)
-    vocabulary = scan(plan, log)
-    text_plan = string_input_plan(plan, vocabulary, log)
-    partial = partial_model(plan, vocabulary)
-    training = train(plan, vocabulary, partial, log)
-    # Everything is written to a staging folder and moved into place only after every check passed.
-    with StagedBundle(plan.out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as scratch:
+    # The output folder is claimed before any work (a second export to it is refused); everything, scratch files
+    # included, is written to its staging folder and moved into place only after every check passed.
+    with StagedBundle(plan.out.parent) as staged:
+        vocabulary = scan(plan, log)
+        text_plan = string_input_plan(plan, vocabulary, log)
+        partial = partial_model(plan, vocabulary)
+        training = train(plan, vocabulary, partial, log)
         tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
-        exported = export(plan, vocabulary, partial, Path(scratch), log)
+        exported = export(plan, vocabulary, partial, staged.work, log)
         verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, log)
-        shipped = ship_stages(plan, vocabulary, exported, verified, text_plan, staged, Path(scratch), log)
+        shipped = ship_stages(plan, vocabulary, exported, verified, text_plan, staged, staged.work, log)
         heldout = held_out(plan, vocabulary, staged, log)
         manifest = build_manifest(plan, vocabulary, partial, training, heldout, verified, shipped, staged)
         files = commit(plan, vocabulary, manifest, staged)
@@ -181,6 +182,9 @@ def prepare(options: ExportOptions) -> Plan:
     if target.tokenizer == "in-graph":
         check_extensions()  # one line when onnxruntime-extensions is missing or will not load
     source, tokenizer_json = open_source(options.model)
+    positions = source.max_positions()
+    if positions is not None and options.max_length > positions:
+        raise ModelError(f"--max-length {options.max_length}: {source.name} has {positions} positions; use at most {positions}")
     if target.tokenizer == "in-graph":
         # what the ops cannot reproduce does not depend on the vocabulary: refuse it before reading the corpus
         string_input_stage.plan_for(source.path, tokenizer_json, tokenizer_json, max_length=options.max_length)
@@ -240,6 +244,9 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
     log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
     report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
                        metric=vocabulary.scan.task.metric)
+    if not all(bool(p.isfinite().all()) for p in partial.model.parameters()):
+        raise TrainingError(f"fine-tuning diverged: the weights are no longer finite after training at --lr "
+                            f"{options.train.lr:g}; lower --lr")
     log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
     return TrainingRecord(
         epochs=report.epochs,
@@ -437,6 +444,9 @@ def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None
     examples = load_examples(plan.corpus_paths)
     if plan.eval_paths:
         train_examples, eval_examples = examples, load_examples(plan.eval_paths)
+        if eval_examples[0].label is None:
+            raise CorpusError(f"--eval {plan.eval_paths[0]} is unlabelled: a classifier is scored on labelled texts "
+                              "(label<TAB>text, or a label column)")
         unknown = sorted({e.label for e in eval_examples} - set(labels))
         if unknown:
             raise CorpusError(f"--eval file has labels the corpus does not: {', '.join(map(repr, unknown))}")

@@ -12,7 +12,7 @@ from pema_export.tasks import requestable_tasks
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = options.Parser(
         prog="pema-export",
         description="Prune a text model's vocabulary to an app's corpus, fine-tune with a partial embedding "
         "(when the corpus is labelled), and export a verified ONNX bundle.",

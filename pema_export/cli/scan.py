@@ -10,7 +10,7 @@ from pema_export.cli import options
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pema-export scan", description="Tokenize the corpus only (no training) "
+    parser = options.Parser(prog="pema-export scan", description="Tokenize the corpus only (no training) "
                                      "and predict the kept vocabulary and the bundle's bytes for a target.")
     options.add_model_and_corpus(parser)
     options.add_target(parser)
