@@ -105,7 +105,7 @@ def scan_report(options: ScanOptions) -> dict:
     scan = scan_vocabulary(source, tokenizer_json, corpus_paths, keep_tokens=options.keep_tokens, min_count=options.min_count,
                            oov=options.oov, max_vocab=options.max_vocab, prior_words=options.prior_words,
                            prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=target)
-    prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.policy)(scan.kept)
+    prediction = bundle_predictor(source, tokenizer_json, scan.task, head_classes(scan.task, scan.summary), target, scan.policy)(scan.kept)
     report = {
         "model": source.name,
         "target": target.name,
@@ -193,13 +193,19 @@ def scan_vocabulary(
         if target is None:
             raise ValueError("max_bytes needs the target whose bundle it bounds")
         max_vocab, predicted = fit_max_bytes(
-            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, get_policy(oov)),
+            max_bytes, choose, bundle_bytes_predictor(source, tokenizer_json, resolved, head_classes(resolved, summary), target, get_policy(oov)),
             max_vocab,
         )
     kept = choose(max_vocab)
     return VocabScan(counts=counts, kept=kept, keep_ids=keep_ids, summary=summary, task=resolved, prior=prior,
                      detected_languages=detected, max_vocab=max_vocab, predicted_bytes=predicted, oov=oov, oov_choice=oov_choice,
                      oov_dropout=dropout)
+
+
+def head_classes(task: Task, summary: CorpusSummary) -> int | None:
+    """The classes the task's head predicts from the corpus's labels (a token classifier: O, B- and I- per entity
+    type); None for an unlabelled corpus."""
+    return len(task.label_names(summary.labels)) if summary.label_kind else None
 
 
 def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from pema_export.cli import options
 from pema_export.manifest import Manifest
-from pema_export.tasks import requestable_tasks
+from pema_export.tasks import TASKS, requestable_tasks
 
 
 def parser() -> argparse.ArgumentParser:
@@ -93,10 +93,14 @@ def summary_lines(manifest: Manifest, out_dir) -> str:
         f"parity      tokenization {parity.tokenization_texts_checked:,} texts, {parity.tokenization_mismatches} mismatches; "
         f"outputs on {parity.texts_checked:,} texts, max |diff| {parity.max_abs_diff:.2e} (<= {parity.atol:g})",
     ]
+    metric = TASKS[manifest.model.task].metric
     if manifest.training:
         training = manifest.training
+        figures = {name.removeprefix("eval_"): value for name, value in training.evaluation.items()}
         lines.append(f"training    {training.epochs} epochs on {training.train_size:,} texts, "
-                     f"held-out accuracy {training.eval_accuracy:.4f} on {training.eval_size:,}")
+                     f"held-out {metric.describe(figures)} on {training.eval_size:,}")
+        if metric.breakdown(figures):
+            lines.append(f"            {metric.breakdown(figures)}")
     heldout = manifest.heldout
     if heldout:
         unk = "n/a" if heldout.unk_rate is None else f"{heldout.unk_rate:.2%}"
@@ -104,6 +108,6 @@ def summary_lines(manifest: Manifest, out_dir) -> str:
             figure = (f"cosine to the full-vocabulary model {heldout.cosine_to_full['mean']:.4f} mean, "
                       f"{heldout.cosine_to_full['min']:.4f} min; nearest-neighbour agreement {heldout.nearest_neighbour_agreement:.1%}")
         else:
-            figure = f"accuracy {heldout.accuracy:.4f}"
+            figure = metric.describe({"accuracy": heldout.accuracy, **heldout.figures})
         lines.append(f"held-out    {heldout.file} ({heldout.texts:,} texts, {heldout.model}): UNK {unk}, {figure}")
     return "\n".join(lines)
