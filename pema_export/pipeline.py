@@ -400,9 +400,14 @@ def _labels(task: Task, seen: set[str]) -> list[str]:
 def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None]) -> tuple[EncodedSet, EncodedSet]:
     """The corpus split into train and held-out sets (or the --eval file as held out), encoded in the kept ids."""
     labels, options, task = vocabulary.labels, plan.options, vocabulary.scan.task
+    tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
     examples = load_examples(plan.corpus_paths)
+    if task.labels_per_token:
+        _refuse_truncation(tokenizer, examples, options.max_length)
     if plan.eval_paths:
         train_examples, eval_examples = examples, load_examples(plan.eval_paths)
+        if task.labels_per_token:
+            _refuse_truncation(tokenizer, eval_examples, options.max_length)
         if {e.label_kind for e in eval_examples} != {task.label_kind}:
             raise CorpusError(f"--eval file {plan.eval_paths[0]} does not carry the corpus's kind of labels ({task.label_kind})")
         known = {value for e in examples for value in e.label_values}
@@ -417,9 +422,6 @@ def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None
         if once:
             log(f"labels with a single text are trained on but not held out: {', '.join(map(repr, once))}")
         train_examples, eval_examples = [examples[i] for i in train_idx], [examples[i] for i in eval_idx]
-    tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
-    if task.labels_per_token:
-        _refuse_truncation(tokenizer, [*train_examples, *eval_examples], options.max_length)
     tokenizer.enable_truncation(options.max_length)
     label_ids, targets = {label: i for i, label in enumerate(labels)}, task.targets
 
