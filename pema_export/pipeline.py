@@ -401,13 +401,9 @@ def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None
     """The corpus split into train and held-out sets (or the --eval file as held out), encoded in the kept ids."""
     labels, options, task = vocabulary.labels, plan.options, vocabulary.scan.task
     tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
-    examples = load_examples(plan.corpus_paths)
-    if task.labels_per_token:
-        _refuse_truncation(tokenizer, examples, options.max_length)
+    examples = _training_examples(plan.corpus_paths, task, tokenizer, options.max_length)
     if plan.eval_paths:
-        train_examples, eval_examples = examples, load_examples(plan.eval_paths)
-        if task.labels_per_token:
-            _refuse_truncation(tokenizer, eval_examples, options.max_length)
+        train_examples, eval_examples = examples, _training_examples(plan.eval_paths, task, tokenizer, options.max_length)
         if {e.label_kind for e in eval_examples} != {task.label_kind}:
             raise CorpusError(f"--eval file {plan.eval_paths[0]} does not carry the corpus's kind of labels ({task.label_kind})")
         known = {value for e in examples for value in e.label_values}
@@ -434,15 +430,19 @@ def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None
     return encode(train_examples), encode(eval_examples)
 
 
-def _refuse_truncation(tokenizer: Tokenizer, examples: list, max_length: int) -> None:
-    """A text whose pieces are all labelled must fit --max-length: truncating it would drop labels silently."""
-    for example, encoding in zip(examples, tokenizer.encode_batch([e.text for e in examples])):
-        if len(encoding.ids) > max_length:
-            raise CorpusError(
-                f"{example.origin or repr(example.text[:60])}: the sentence is {len(encoding.ids)} pieces (special tokens "
-                f"included), over --max-length {max_length}; its last words would lose their labels: split it, or raise "
-                "--max-length"
-            )
+def _training_examples(paths: list[Path], task: Task, tokenizer: Tokenizer, max_length: int) -> list:
+    """The labelled examples of ``paths``; where every piece is labelled (Task.labels_per_token), a text over
+    --max-length is refused: truncating it would drop labels silently."""
+    examples = load_examples(paths)
+    if task.labels_per_token:
+        for example, encoding in zip(examples, tokenizer.encode_batch([e.text for e in examples])):
+            if len(encoding.ids) > max_length:
+                raise CorpusError(
+                    f"{example.origin or repr(example.text[:60])}: the sentence is {len(encoding.ids)} pieces (special "
+                    f"tokens included), over --max-length {max_length}; its last words would lose their labels: split "
+                    "it, or raise --max-length"
+                )
+    return examples
 
 
 def _pad_id(config) -> int:
