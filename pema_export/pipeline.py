@@ -210,13 +210,14 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
     """Fine-tune the partial model in place on the corpus's labels; None when it has none to train on."""
     if vocabulary.labels is None:
         return None
-    options = plan.options
+    options, task = plan.options, vocabulary.scan.task
+    train_options = options.train.resolved(task.epochs, task.lr)
     rate = vocabulary.scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
     dropout = vocabulary.applied.dropout(rate, vocabulary.kept, unk_token_id(plan.tokenizer_json))
     train_set, eval_set = _training_sets(plan, vocabulary, log)
-    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
-    metric, labels = vocabulary.scan.task.metric, vocabulary.labels
-    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {train_options.epochs} epochs at lr {train_options.lr:g}")
+    metric, labels = task.metric, vocabulary.labels
+    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), train_options, dropout=dropout,
                        metric=lambda predicted, targets: metric(predicted, targets, labels))
     log(f"held-out {metric.describe(report.eval_figures)} after {report.epochs} epochs ({report.seconds:.0f} s)")
     evaluation = {f"eval_{name}": value for name, value in rounded(report.eval_figures).items()}
@@ -227,7 +228,7 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
         eval_size=report.eval_size,
         eval_source="--eval file" if plan.eval_paths else f"stratified {options.eval_split:.0%} split of the corpus",
         evaluation=evaluation,
-        lr=options.train.lr,
+        lr=train_options.lr,
         batch_size=options.train.batch_size,
         max_length=options.max_length,
         seed=options.train.seed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -18,10 +18,15 @@ from pema_export.errors import CorpusError, PemaError
 from pema_export.tasks import Score, accuracy
 
 
+# The loop's defaults; a task may set its own (tasks.Task.epochs, .lr). Why 5 at 1e-4: see cli/export.py.
+DEFAULT_EPOCHS = 5
+DEFAULT_LR = 1e-4
+
+
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 5  # the CLI's defaults; why: see cli/export.py
-    lr: float = 1e-4
+    epochs: int | None = None  # None: the task's default, else DEFAULT_EPOCHS
+    lr: float | None = None  # None: the task's default, else DEFAULT_LR
     batch_size: int = 16
     weight_decay: float = 0.01  # never applied to embeddings, biases or LayerNorm (see README: PEMA and decay)
     warmup_ratio: float = 0.06
@@ -32,6 +37,11 @@ class TrainOptions:
     # share of corpus words replaced by what an unseen word becomes (docs/oov.md); None: what the --oov policy
     # brings (0.1 under --oov auto for a labelled corpus, else 0)
     oov_dropout: float | None = None
+
+    def resolved(self, epochs: int | None = None, lr: float | None = None) -> "TrainOptions":
+        """These options with epochs and lr given: as set, else ``epochs``/``lr`` (a task's defaults), else the
+        loop's."""
+        return replace(self, epochs=self.epochs or epochs or DEFAULT_EPOCHS, lr=self.lr or lr or DEFAULT_LR)
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,7 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
     ``dropout.rate`` by ``dropout.substitute(ids)``, drawn from ``options.seed``: fresh words each epoch."""
     if dropout is not None and train_set.word_spans is None:
         raise ValueError("oov dropout needs the training set's word spans")
+    options = options.resolved()
     word_rng = random.Random(options.seed)
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
