@@ -98,8 +98,9 @@ class TrainingRecord(_Record):
     train_size: int | None = None
     eval_size: int | None = None
     eval_source: str | None = None
-    eval_accuracy: float | None = None
-    eval_accuracy_per_epoch: list[float] | None = None
+    # the task metric's figures as eval_<figure>, and eval_<metric>_per_epoch (a classifier: eval_accuracy,
+    # eval_accuracy_per_epoch; a token classifier: eval_entity_f1, ..._precision, ..._recall, ..._per_label)
+    evaluation: dict = field(default_factory=dict, metadata=_INLINE)
     lr: float | None = None
     batch_size: int | None = None
     max_length: int | None = None
@@ -116,7 +117,8 @@ class HeldOutRecord(_Record):
     texts: int | None = None
     unk_rate: float | None = None
     remapped_rate: float | None = None
-    accuracy: float | None = None
+    accuracy: float | None = None  # a classifier's (the key every manifest has had; null for other tasks)
+    figures: dict = field(default_factory=dict, metadata=_INLINE)  # another task metric's figures (entity_f1, ...)
     cosine_to_full: dict | None = field(default=None, metadata=_OMIT_NONE)  # encoders only
     nearest_neighbour_agreement: float | None = field(default=None, metadata=_OMIT_NONE)
 

@@ -45,7 +45,7 @@ from pema_export.string_input import check_extensions
 from pema_export.stages import ModelShape, Shipped, ship, stage_names
 from pema_export.stages import string_input as string_input_stage
 from pema_export.stages.formats import format_of
-from pema_export.tasks import TASKS
+from pema_export.tasks import TASKS, Task, rounded
 from pema_export.tokenizers import original_tokenizer_json, prune_tokenizer, pruned_tokenizer_config, tokenizer_family, tokenizer_json_text
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
 from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out, word_spans
@@ -212,7 +212,7 @@ def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
         log(f"--task {found.task.name}: the corpus labels are ignored (no fine-tuning of the {found.task.head})")
     if 0 < summary.labelled < summary.texts:
         load_examples(plan.corpus_paths)  # raises, naming the first unlabelled text
-    return Vocabulary(found, applied, _labels(summary.labels) if trains else None)
+    return Vocabulary(found, applied, _labels(found.task, summary.labels) if trains else None)
 
 
 def string_input_plan(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None]):
@@ -237,25 +237,28 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
     """Fine-tune the partial model in place on the corpus's labels; None when it has none to train on."""
     if vocabulary.labels is None:
         return None
-    options = plan.options
+    options, task = plan.options, vocabulary.scan.task
+    train_options = options.train.resolved(task.epochs, task.lr)
     rate = vocabulary.scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
     dropout = vocabulary.applied.dropout(rate, vocabulary.kept, unk_token_id(plan.tokenizer_json))
     train_set, eval_set = _training_sets(plan, vocabulary, log)
-    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
-    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
-                       metric=vocabulary.scan.task.metric)
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {train_options.epochs} epochs at lr {train_options.lr:g}")
+    metric, labels = task.metric, vocabulary.labels
+    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), train_options, dropout=dropout,
+                       metric=lambda predicted, targets: metric(predicted, targets, labels))
     if not all(bool(p.isfinite().all()) for p in partial.model.parameters()):
         raise TrainingError(f"fine-tuning diverged: the weights are no longer finite after training at --lr "
-                            f"{options.train.lr:g}; lower --lr")
-    log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
+                            f"{train_options.lr:g}; lower --lr")
+    log(f"held-out {metric.describe(report.eval_figures)} after {report.epochs} epochs ({report.seconds:.0f} s)")
+    evaluation = {f"eval_{name}": value for name, value in rounded(report.eval_figures).items()}
+    evaluation[f"eval_{metric.name}_per_epoch"] = [round(value, 6) for value in report.eval_accuracy_per_epoch]
     return TrainingRecord(
         epochs=report.epochs,
         train_size=report.train_size,
         eval_size=report.eval_size,
         eval_source="--eval file" if plan.eval_paths else f"stratified {options.eval_split:.0%} split of the corpus",
-        eval_accuracy=round(report.eval_accuracy, 6),
-        eval_accuracy_per_epoch=[round(a, 6) for a in report.eval_accuracy_per_epoch],
-        lr=options.train.lr,
+        evaluation=evaluation,
+        lr=train_options.lr,
         batch_size=options.train.batch_size,
         max_length=options.max_length,
         seed=options.train.seed,
@@ -353,16 +356,23 @@ def held_out(plan: Plan, vocabulary: Vocabulary, staged: StagedBundle, log: Call
     tokenizer.enable_truncation(max_length)
     unk_id, dropped_ids = vocabulary.scan.policy.heldout_ids(vocabulary.kept, unk_token_id(plan.tokenizer_json))
     model_name = format_of(plan.target).loaded_name(plan.out)
-    label_ids = {label: i for i, label in enumerate(labels)} if labels else None
+    task = vocabulary.scan.task
+    targets = None
+    if labels:
+        # the targets as the shipped tokenizer splits the texts (a word the corpus never had may split differently)
+        label_ids = {label: i for i, label in enumerate(labels)}
+        targets = [task.targets(e, enc, label_ids) for e, enc in zip(examples, tokenizer.encode_batch(texts))]
     report = heldout_report(
-        staged.path(model_name), tokenizer, texts, [label_ids[e.label] for e in examples] if label_ids else None,
-        vocabulary.scan.task, unk_id=unk_id, dropped_ids=dropped_ids,
+        staged.path(model_name), tokenizer, texts, targets, task, label_names=labels, unk_id=unk_id, dropped_ids=dropped_ids,
         full_vectors=full_vocabulary_vectors(plan.source, texts, max_length) if encoder else None,
         text_input=plan.target.tokenizer == "in-graph",
     )
     record = report.as_manifest(plan.eval_paths[0].name, model_name)
-    figure = (f"cosine to the full model {record.cosine_to_full['mean']:.4f} (mean), nearest-neighbour agreement "
-              f"{record.nearest_neighbour_agreement:.3f}" if encoder else f"accuracy {record.accuracy}")
+    if encoder:
+        figure = (f"cosine to the full model {record.cosine_to_full['mean']:.4f} (mean), nearest-neighbour agreement "
+                  f"{record.nearest_neighbour_agreement:.3f}")
+    else:
+        figure = task.metric.describe(report.score.figures) if report.score else "no labels"
     log(f"held-out ({record.file}): UNK rate {record.unk_rate}, {record.model}: {figure}")
     return record
 
@@ -431,8 +441,8 @@ def _check_max_bytes(staged: StagedBundle, max_bytes: int, predicted: int | None
         )
 
 
-def _labels(seen: set[str]) -> list[str]:
-    labels = sorted(seen)
+def _labels(task: Task, seen: set[str]) -> list[str]:
+    labels = task.label_names(seen)
     if len(labels) < 2:
         raise CorpusError(f"the corpus has a single label {labels[0]!r}: a classifier needs at least two classes")
     return labels
@@ -440,25 +450,30 @@ def _labels(seen: set[str]) -> list[str]:
 
 def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None]) -> tuple[EncodedSet, EncodedSet]:
     """The corpus split into train and held-out sets (or the --eval file as held out), encoded in the kept ids."""
-    labels, options = vocabulary.labels, plan.options
-    examples = load_examples(plan.corpus_paths)
+    labels, options, task = vocabulary.labels, plan.options, vocabulary.scan.task
+    tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
+    examples = _training_examples(plan.corpus_paths, task, tokenizer, options.max_length)
     if plan.eval_paths:
-        train_examples, eval_examples = examples, load_examples(plan.eval_paths)
-        if eval_examples[0].label is None:
-            raise CorpusError(f"--eval {plan.eval_paths[0]} is unlabelled: a classifier is scored on labelled texts "
-                              "(label<TAB>text, or a label column)")
-        unknown = sorted({e.label for e in eval_examples} - set(labels))
+        train_examples, eval_examples = examples, _training_examples(plan.eval_paths, task, tokenizer, options.max_length)
+        if all(e.label_kind is None for e in eval_examples):
+            raise CorpusError(f"--eval {plan.eval_paths[0]} is unlabelled: a {task.name} model is scored on labelled "
+                              "texts (label<TAB>text, a label column, or tagged tokens)")
+        if {e.label_kind for e in eval_examples} != {task.label_kind}:
+            raise CorpusError(f"--eval file {plan.eval_paths[0]} does not carry the corpus's kind of labels ({task.label_kind})")
+        known = {value for e in examples for value in e.label_values}
+        unknown = sorted({value for e in eval_examples for value in e.label_values} - known)
         if unknown:
             raise CorpusError(f"--eval file has labels the corpus does not: {', '.join(map(repr, unknown))}")
     else:
-        train_idx, eval_idx = split_held_out([e.label for e in examples], options.eval_split, options.train.seed)
-        once = labels_seen_once([e.label for e in examples])
+        # texts labelled as a whole are split stratified by label; sentences with entities as one group
+        strata = [e.label for e in examples]
+        train_idx, eval_idx = split_held_out(strata, options.eval_split, options.train.seed)
+        once = labels_seen_once([label for label in strata if label is not None])
         if once:
             log(f"labels with a single text are trained on but not held out: {', '.join(map(repr, once))}")
         train_examples, eval_examples = [examples[i] for i in train_idx], [examples[i] for i in eval_idx]
-    tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
     tokenizer.enable_truncation(options.max_length)
-    label_ids, targets = {label: i for i, label in enumerate(labels)}, vocabulary.scan.task.targets
+    label_ids, targets = {label: i for i, label in enumerate(labels)}, task.targets
 
     def encode(batch) -> EncodedSet:
         encodings = tokenizer.encode_batch([e.text for e in batch])
@@ -467,6 +482,21 @@ def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None
                           word_spans=[word_spans(enc.word_ids) for enc in encodings])
 
     return encode(train_examples), encode(eval_examples)
+
+
+def _training_examples(paths: list[Path], task: Task, tokenizer: Tokenizer, max_length: int) -> list:
+    """The labelled examples of ``paths``; where every piece is labelled (Task.labels_per_token), a text over
+    --max-length is refused: truncating it would drop labels silently."""
+    examples = load_examples(paths)
+    if task.labels_per_token:
+        for example, encoding in zip(examples, tokenizer.encode_batch([e.text for e in examples])):
+            if len(encoding.ids) > max_length:
+                raise CorpusError(
+                    f"{example.origin or repr(example.text[:60])}: the sentence is {len(encoding.ids)} pieces (special "
+                    f"tokens included), over --max-length {max_length}; its last words would lose their labels: split "
+                    "it, or raise --max-length"
+                )
+    return examples
 
 
 def _pad_id(config) -> int:

@@ -110,7 +110,7 @@ def scan_report(options: ScanOptions) -> dict:
                            oov=options.oov, max_vocab=options.max_vocab, prior_words=options.prior_words,
                            prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=target,
                            tail_row_bytes=options.tail_row_bytes)
-    prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.policy)(scan.kept)
+    prediction = bundle_predictor(source, tokenizer_json, scan.task, head_classes(scan.task, scan.summary), target, scan.policy)(scan.kept)
     report = {
         "model": source.name,
         "target": target.name,
@@ -203,7 +203,7 @@ def scan_vocabulary(
             raise ValueError("max_bytes needs the target whose bundle it bounds")
         max_vocab, predicted = fit_max_bytes(
             max_bytes, choose,
-            bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, get_policy(oov, settings)),
+            bundle_bytes_predictor(source, tokenizer_json, resolved, head_classes(resolved, summary), target, get_policy(oov, settings)),
             max_vocab,
         )
     kept = choose(max_vocab)
@@ -219,6 +219,12 @@ def embedding_width(config: dict) -> int:
     if not isinstance(width, int):
         raise ModelError("config.json gives no embedding width (embedding_size, hidden_size or dim)")
     return width
+
+
+def head_classes(task: Task, summary: CorpusSummary) -> int | None:
+    """The classes the task's head predicts from the corpus's labels (a token classifier: O, B- and I- per entity
+    type); None for an unlabelled corpus."""
+    return len(task.label_names(summary.labels)) if summary.label_kind else None
 
 
 def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -13,14 +13,20 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from pema_export.entities import IGNORED
 from pema_export.errors import CorpusError, PemaError
-from pema_export.tasks import accuracy
+from pema_export.tasks import Score, accuracy
+
+
+# The loop's defaults; a task may set its own (tasks.Task.epochs, .lr). Why 5 at 1e-4: see cli/export.py.
+DEFAULT_EPOCHS = 5
+DEFAULT_LR = 1e-4
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 5  # the CLI's defaults; why: see cli/export.py
-    lr: float = 1e-4
+    epochs: int | None = None  # None: the task's default, else DEFAULT_EPOCHS
+    lr: float | None = None  # None: the task's default, else DEFAULT_LR
     batch_size: int = 16
     weight_decay: float = 0.01  # never applied to embeddings, biases or LayerNorm (see README: PEMA and decay)
     warmup_ratio: float = 0.06
@@ -32,13 +38,19 @@ class TrainOptions:
     # brings (0.1 under --oov auto for a labelled corpus, else 0)
     oov_dropout: float | None = None
 
+    def resolved(self, epochs: int | None = None, lr: float | None = None) -> "TrainOptions":
+        """These options with epochs and lr given: as set, else ``epochs``/``lr`` (a task's defaults), else the
+        loop's."""
+        return replace(self, epochs=self.epochs or epochs or DEFAULT_EPOCHS, lr=self.lr or lr or DEFAULT_LR)
+
 
 @dataclass(frozen=True)
 class EncodedSet:
-    """Token ids (already in the pruned numbering) and integer labels."""
+    """Token ids (already in the pruned numbering) and labels: a class index per text, or per piece (-100 where the
+    loss ignores it)."""
 
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: list[int] | list[list[int]]
     word_spans: list[list[tuple[int, int]]] | None = None  # [start, end) token positions of each word, for --oov-dropout
 
     def __len__(self) -> int:
@@ -50,7 +62,8 @@ class TrainReport:
     epochs: int
     train_size: int
     eval_size: int
-    eval_accuracy_per_epoch: list[float] = field(default_factory=list)
+    eval_accuracy_per_epoch: list[float] = field(default_factory=list)  # the task metric's value (accuracy, entity F1)
+    eval_figures: dict = field(default_factory=dict)  # the metric's figures after the last epoch (tasks.Score.figures)
     seconds: float = 0.0
 
     @property
@@ -117,24 +130,39 @@ def word_spans(word_ids: Sequence[int | None]) -> list[tuple[int, int]]:
     return spans
 
 
-def drop_words(ids: list[int], spans: list[tuple[int, int]], rate: float, substitute, rng: random.Random) -> list[int]:
-    """``ids`` with each word replaced, with probability ``rate``, by ``substitute(its ids)``."""
-    out, position = [], 0
+def drop_words(ids: list[int], spans: list[tuple[int, int]], rate: float, substitute, rng: random.Random,
+               labels: list[int] | None = None) -> list[int] | tuple[list[int], list[int]]:
+    """``ids`` with each word replaced, with probability ``rate``, by ``substitute(its ids)``.
+
+    With per-piece ``labels``, (ids, labels): a replaced word's label rides on the substitute's first piece. A word
+    whose pieces carry more than one label (an entity boundary inside it) is kept: one substitute cannot carry
+    both."""
+    out, out_labels, position = [], [], 0
     for start, end in spans:
         if rng.random() < rate:
-            out += ids[position:start] + list(substitute(ids[start:end]))
+            carried = [label for label in labels[start:end] if label != IGNORED] if labels is not None else []
+            if len(carried) > 1:
+                continue
+            replacement = list(substitute(ids[start:end]))
+            out += ids[position:start] + replacement
+            if labels is not None:
+                out_labels += labels[position:start] + (carried or [IGNORED]) + [IGNORED] * (len(replacement) - 1)
             position = end
-    return out + ids[position:]
+    if labels is None:
+        return out + ids[position:]
+    return out + ids[position:], out_labels + labels[position:]
 
 
 def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad_id: int, options: TrainOptions,
-              dropout=None, metric: Callable[[Sequence, Sequence], float] = accuracy) -> TrainReport:
-    """AdamW with linear warm-up/decay and gradient clipping; the task's held-out ``metric`` after each epoch.
+              dropout=None, metric: Callable[[Sequence, Sequence], Score] = accuracy) -> TrainReport:
+    """AdamW with linear warm-up/decay and gradient clipping; the task's held-out ``metric`` after each epoch
+    (``metric(predicted, labels)``, its label names bound).
 
     ``dropout`` (``oov.OovDropout``): each epoch, words of the training texts are replaced with probability
     ``dropout.rate`` by ``dropout.substitute(ids)``, drawn from ``options.seed``: fresh words each epoch."""
     if dropout is not None and train_set.word_spans is None:
         raise ValueError("oov dropout needs the training set's word spans")
+    options = options.resolved()
     word_rng = random.Random(options.seed)
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
@@ -153,10 +181,17 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
         for start in range(0, len(order), options.batch_size):
             batch = [order[i] for i in range(start, min(start + options.batch_size, len(order)))]
             texts = [train_set.input_ids[i] for i in batch]
+            targets = [train_set.labels[i] for i in batch]
             if dropout is not None:
-                texts = [drop_words(ids, train_set.word_spans[i], dropout.rate, dropout.substitute, word_rng) for ids, i in zip(texts, batch)]
+                dropped = [drop_words(ids, train_set.word_spans[i], dropout.rate, dropout.substitute, word_rng,
+                                      labels=target if isinstance(target, list) else None)
+                           for ids, i, target in zip(texts, batch, targets)]
+                if isinstance(targets[0], list):
+                    texts, targets = [ids for ids, _ in dropped], [labels for _, labels in dropped]
+                else:
+                    texts = dropped
             input_ids, attention_mask = pad_batch(texts, pad_id)
-            labels = torch.tensor([train_set.labels[i] for i in batch])
+            labels = label_batch(targets, input_ids.shape[1])
             loss = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
@@ -166,7 +201,9 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
             bar.set_postfix(loss=f"{loss.item():.3f}")
             bar.update()
         bar.close()
-        report.eval_accuracy_per_epoch.append(evaluate(model, eval_set, pad_id, options.batch_size, device, metric))
+        score = evaluate(model, eval_set, pad_id, options.batch_size, device, metric)
+        report.eval_accuracy_per_epoch.append(score.value)
+        report.eval_figures = score.figures
     report.seconds = time.perf_counter() - started
     model.eval()
     return report
@@ -174,15 +211,15 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
 
 @torch.no_grad()
 def evaluate(model: nn.Module, eval_set: EncodedSet, pad_id: int, batch_size: int, device=torch.device("cpu"),
-             metric: Callable[[Sequence, Sequence], float] = accuracy) -> float:
-    """The task's ``metric`` of the model's top answers on ``eval_set``."""
+             metric: Callable[[Sequence, Sequence], Score] = accuracy) -> Score:
+    """The task's ``metric`` of the model's top answers (per text, or per piece) on ``eval_set``."""
     model.eval()
     predicted = []
     for start in range(0, len(eval_set), batch_size):
         input_ids, attention_mask = pad_batch(eval_set.input_ids[start : start + batch_size], pad_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         predicted += logits.argmax(-1).cpu().tolist()
-    return metric(predicted, eval_set.labels) if len(eval_set) else float("nan")
+    return metric(predicted, eval_set.labels) if len(eval_set) else Score(float("nan"), {})
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +231,16 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
         input_ids[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
         attention_mask[row, : len(sequence)] = 1
     return input_ids, attention_mask
+
+
+def label_batch(labels: Sequence[int] | Sequence[Sequence[int]], length: int) -> torch.Tensor:
+    """A batch's targets: a class index per text, or per piece right-padded with -100 to ``length``."""
+    if not labels or not isinstance(labels[0], (list, tuple)):
+        return torch.tensor(list(labels))
+    batch = torch.full((len(labels), length), IGNORED, dtype=torch.long)
+    for row, targets in enumerate(labels):
+        batch[row, : len(targets)] = torch.as_tensor(targets, dtype=torch.long)
+    return batch
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -269,3 +269,39 @@ def test_an_input_embedding_that_is_not_nn_embedding_is_named(tiny_bert):
     model.set_input_embeddings(torch.nn.EmbeddingBag(10, 32))
     with pytest.raises(ModelError, match="the input embedding is EmbeddingBag, not torch.nn.Embedding"):
         input_embedding(model)
+
+
+# Token classification (issue 13): each bad tagged corpus is one line naming the file and line, exit 2, nothing written.
+TAGGED = "Where\tO\nis\tO\norder\tO\n#A58213\tB-ORDER_ID\n\nship\tO\nto\tO\nLyon\tB-CITY\n"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad-bio.conll", TAGGED.replace("Lyon\tB-CITY", "Lyon\tI-CITY"),
+     r"bad-bio.conll line 8: tag 'I-CITY' follows 'O', which is not valid BIO \(IOB2\): an entity starts with B-CITY"),
+    ("bad-bio.jsonl", '{"tokens": ["fly", "to", "New", "York"], "tags": ["O", "O", "B-CITY", "I-DATE"]}\n',
+     r"bad-bio.jsonl line 1, token 4 \('York'\): tag 'I-DATE' follows 'B-CITY', which is not valid BIO"),
+    ("lengths.jsonl", '{"tokens": ["a", "b"], "tags": ["O", "O"]}\n{"tokens": ["fly", "to", "Oslo"], "tags": ["O", "B-CITY"]}\n',
+     r"lengths.jsonl line 2: 3 tokens but 2 tags"),
+    ("outside.jsonl", '{"text": "ship to Lyon", "entities": [{"start": 8, "end": 12, "label": "CITY"}]}\n'
+                      '{"text": "ship to Oslo", "entities": [{"start": 8, "end": 14, "label": "CITY"}]}\n',
+     r"outside.jsonl line 2: entity 'CITY' at 8-14 is outside its text \(12 characters"),
+    ("overlap.jsonl", '{"text": "order 12 to Lyon", "entities": [{"start": 0, "end": 8, "label": "ORDER_ID"}, '
+                      '{"start": 6, "end": 16, "label": "CITY"}]}\n',
+     r"overlap.jsonl line 1: entity 'CITY' at 6-16 overlaps entity 'ORDER_ID' at 0-8"),
+    ("bioes.conll", TAGGED.replace("Lyon\tB-CITY", "Lyon\tS-CITY"),
+     r"bioes.conll line 8: tag 'S-CITY' \(a BIOES/IOBES tag\) is not in the IOB2 label scheme"),
+    ("bare.conll", TAGGED.replace("#A58213\tB-ORDER_ID", "#A58213\tORDER_ID"),
+     r"bare.conll line 4: tag 'ORDER_ID' is not in the IOB2 label scheme"),
+    ("bioes.txt", TAGGED.replace("order\tO", "order\tE-X"),  # a tagged .txt is read as CoNLL, its scheme named
+     r"bioes.txt line 3: tag 'E-X' \(a BIOES/IOBES tag\) is not in the IOB2 label scheme"),
+])
+def test_bad_tagged_corpus_names_file_and_line(capsys, tmp_path, tiny_bert, name, content, message):
+    assert_refused(capsys, tmp_path, message, "--model", tiny_bert, "--corpus", corpus(tmp_path, content, name))
+
+
+def test_conll_sentence_over_max_length_says_how_many_pieces(capsys, tmp_path, tiny_bert):
+    long_sentence = "".join(f"word{i}\tO\n" for i in range(30)) + "Lyon\tB-CITY\n"
+    path = corpus(tmp_path, TAGGED + "\n" + long_sentence, "long.conll")
+    assert_refused(capsys, tmp_path, r"long.conll line 10: the sentence is \d+ pieces \(special tokens included\), over "
+                   r"--max-length 24; its last words would lose their labels", "--model", tiny_bert, "--corpus", path,
+                   "--max-length", "24")

@@ -28,7 +28,9 @@ def add_model_and_corpus(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local model folder, Hugging Face hub id, or alias (distilbert, bert, minilm); "
                         "default: the embedded all-MiniLM-L6-v2")
     parser.add_argument("--corpus", action="append", required=True, metavar="FILE",
-                        help="app texts: .txt (label<TAB>text or text), .tsv/.csv (text[,label]), .jsonl; repeatable")
+                        help="app texts: .txt (label<TAB>text or text), .tsv/.csv (text[,label]), .jsonl; tagged "
+                        "sentences (token classification): .conll/.txt (token<TAB>tag), .jsonl (tokens+tags, or text+"
+                        "entities); repeatable")
 
 
 def add_target(parser: argparse.ArgumentParser) -> None:
