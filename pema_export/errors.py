@@ -27,3 +27,8 @@ class VerificationError(PemaError):
 
 class OutputError(PemaError):
     """The output location cannot be written."""
+
+
+class DeviceError(PemaError):
+    """The device or precision asked for is not on this machine or not usable in this launch, or a process of a
+    data-parallel launch failed; nothing was written."""

@@ -3,6 +3,8 @@
 prepare -> scan -> partial model -> train -> tokenizer -> export -> verify -> ship -> held out -> manifest -> commit
 
 ``run`` reads as that sequence; each step below is one function, its inputs the records earlier steps returned.
+In a data-parallel launch (accelerate launch, torchrun) every process runs the steps up to training; process 0
+alone goes on, the others return before anything is written.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pema_export import __version__
 from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
+from pema_export.devices import Placement, resolve_placement
 from pema_export.errors import CorpusError, TargetError
 from pema_export.export import export_onnx
 from pema_export.manifest import (
@@ -45,7 +48,7 @@ from pema_export.stages.formats import format_of
 from pema_export.tasks import TASKS
 from pema_export.tokenizers import original_tokenizer_json, prune_tokenizer, pruned_tokenizer_config, tokenizer_family, tokenizer_json_text
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
-from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out, word_spans
+from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, split_held_out, word_spans
 from pema_export.verify import (
     PARITY_ATOL,
     PARITY_SAMPLE,
@@ -102,6 +105,7 @@ class Plan:
     source: ModelSource
     tokenizer_json: dict
     original_tokenizer: Tokenizer
+    placement: Placement  # where training runs, and which process of a launch this is
 
 
 @dataclass(frozen=True)
@@ -138,12 +142,17 @@ class Verified:
     reference: OnnxReference  # the fp32 ONNX's outputs on the corpus sample, for the stages
 
 
-def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
-    """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
+def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult | None:
+    """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``; None in the processes of
+    a launch other than process 0, which train and write nothing."""
     plan = prepare(options)
+    main = plan.placement.processes.is_main
+    log = log if main else (lambda message: None)
     vocabulary = scan(plan, log)
     partial = partial_model(plan, vocabulary)
     training = train(plan, vocabulary, partial, log)
+    if not main:
+        return None
     # Everything is written to a staging folder and moved into place only after every check passed.
     with StagedBundle(plan.out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as scratch:
         tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
@@ -166,14 +175,15 @@ def prepare(options: ExportOptions) -> Plan:
     format_of(target).check_out(target.name, out)
     corpus_paths = check_corpus_paths(options.corpus)
     eval_paths = check_corpus_paths([options.eval_file]) if options.eval_file else []
-    resolve_device(options.train.device)
+    placement = resolve_placement(options.train.device, options.train.precision)
     if options.save_full:
         check_save_full_dir(Path(options.save_full))
     refusal = POLICIES[options.oov].refusal(TASKS[options.task]) if options.task and options.oov in POLICIES else None
     if refusal:
         raise TargetError(refusal.message)
     source, tokenizer_json = open_source(options.model)
-    return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json))
+    return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json),
+                placement)
 
 
 def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
@@ -207,14 +217,18 @@ def partial_model(plan: Plan, vocabulary: Vocabulary) -> PartialModel:
 
 
 def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callable[[str], None]) -> TrainingRecord | None:
-    """Fine-tune the partial model in place on the corpus's labels; None when it has none to train on."""
+    """Fine-tune the partial model in place on the corpus's labels, where ``plan.placement`` says; it comes back on
+    the CPU in fp32 for every later step. None when the corpus has no labels to train on."""
     if vocabulary.labels is None:
         return None
     options = plan.options
     rate = vocabulary.scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
     dropout = vocabulary.applied.dropout(rate, vocabulary.kept, unk_token_id(plan.tokenizer_json))
     train_set, eval_set = _training_sets(plan, vocabulary, log)
-    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
+    placement = plan.placement
+    processes = f", {placement.processes.count} processes sharing each batch of {options.train.batch_size}" if placement.processes.count > 1 else ""
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs, "
+        f"{placement.device} ({placement.reason}), {placement.precision}{processes}")
     report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
                        metric=vocabulary.scan.task.metric)
     log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
@@ -229,6 +243,10 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
         batch_size=options.train.batch_size,
         max_length=options.max_length,
         seed=options.train.seed,
+        device=str(report.placement.device),
+        device_reason=report.placement.reason,
+        precision=report.placement.precision,
+        processes=report.placement.processes.count,
         oov_dropout=dropout.rate if dropout else 0.0,
         oov_dropout_substitute=dropout.substitute_name if dropout else None,
         labels=vocabulary.labels,

@@ -14,7 +14,8 @@ from pema_export.errors import CorpusError, PemaError
 from pema_export.models import ModelSource
 from pema_export.pema import load_partial_model, map_ids
 from pema_export.tasks import TASKS
-from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out
+from pema_export.devices import resolve_placement
+from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, split_held_out
 from pema_export.vocab import KeptVocab, open_tokenizer
 
 
@@ -48,14 +49,14 @@ def test_integer_and_word_labels_mixed_in_a_text_format_are_an_error(tmp_path, s
 
 
 def test_device_must_exist():
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_placement("cpu", environ={}).device == torch.device("cpu")
     with pytest.raises(PemaError, match="--device gpu: unknown device"):
-        resolve_device("gpu")
+        resolve_placement("gpu", environ={})
     if torch.cuda.is_available():
-        assert resolve_device("cuda").type == "cuda"
+        assert resolve_placement("cuda", environ={}).device.type == "cuda"
     else:
         with pytest.raises(PemaError, match="--device cuda: .*use --device cpu"):
-            resolve_device("cuda")
+            resolve_placement("cuda", environ={})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
