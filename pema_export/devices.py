@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -163,6 +164,21 @@ def _cpu_lacks(precision: str) -> str | None:
     return None if supported else f"this CPU has no {precision} instructions torch can use"
 
 
+def share_rows(batch_size: int, processes: Processes) -> slice:
+    """A process's contiguous share of a global batch; shares differ by at most one text, and may be empty (a last
+    batch smaller than the number of processes)."""
+    share, extra = divmod(batch_size, processes.count)
+    start = processes.rank * share + min(processes.rank, extra)
+    return slice(start, start + share + (processes.rank < extra))
+
+
+def share_weight(share_items: int, batch_items: int, processes: Processes) -> float:
+    """Loss weight of a share holding ``share_items`` of the batch's ``batch_items`` loss terms (texts, or labelled
+    tokens): the share's mean loss times its part of the batch, times N because DistributedDataParallel averages
+    (divides the summed gradients by N)."""
+    return processes.count * share_items / batch_items
+
+
 class Replicas:
     """The model as this process trains it. One process: the model itself, on the device. A launch of N processes:
     accelerate starts the process group (gloo on CPUs, NCCL on GPUs) and wraps the model in DistributedDataParallel,
@@ -193,17 +209,10 @@ class Replicas:
         return self._accelerator.prepare_model(model)
 
     def rows(self, batch_size: int) -> slice:
-        """This process's contiguous share of a global batch; shares differ by at most one text, and may be empty
-        (a last batch smaller than the number of processes)."""
-        count, rank = self.processes.count, self.processes.rank
-        share, extra = divmod(batch_size, count)
-        start = rank * share + min(rank, extra)
-        return slice(start, start + share + (rank < extra))
+        return share_rows(batch_size, self.processes)
 
     def weight(self, share_items: int, batch_items: int) -> float:
-        """Loss weight of a share holding ``share_items`` of the batch's ``batch_items`` loss terms (texts, or
-        labelled tokens): DistributedDataParallel divides the summed gradients by N."""
-        return self.processes.count * share_items / batch_items
+        return share_weight(share_items, batch_items, self.processes)
 
     def check_same(self, what: str, fingerprint: str) -> None:
         """Every process must train on the same data and model: each reads the corpus itself, so a machine with
@@ -228,6 +237,8 @@ class Replicas:
     def failed(self, exc: RuntimeError) -> DeviceError:
         """A step that failed in a launch, typically a gradient exchange because another process stopped (killed,
         out of memory), as one clear line."""
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return DeviceError(f"process {self.processes.rank} of {self.processes.count}: training stopped ({first_line[:160]}); "
+        # gloo/NCCL messages start with a source location and run on: keep the first sentence
+        text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        return DeviceError(f"process {self.processes.rank} of {self.processes.count}: training stopped "
+                           f"({text.split('. ')[0][:200]}), most likely because another process of the launch did; "
                            "nothing was written")

@@ -22,7 +22,7 @@ from pema_export import __version__
 from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
-from pema_export.devices import Placement, resolve_placement
+from pema_export.devices import Placement, resolve_placement, to_cpu_fp32
 from pema_export.errors import CorpusError, TargetError
 from pema_export.export import export_onnx
 from pema_export.manifest import (
@@ -227,10 +227,14 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
     train_set, eval_set = _training_sets(plan, vocabulary, log)
     placement = plan.placement
     processes = f", {placement.processes.count} processes sharing each batch of {options.train.batch_size}" if placement.processes.count > 1 else ""
-    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs, "
-        f"{placement.device} ({placement.reason}), {placement.precision}{processes}")
+    why = "" if placement.reason == f"--device {placement.device}" else f" ({placement.reason})"
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs on "
+        f"{placement.device}{why} in {placement.precision}{processes}")
     report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
                        metric=vocabulary.scan.task.metric)
+    # The one hand-over: whatever device and precision trained it, every later step (the policy's transform, export,
+    # parity reference, held-out figures, --save-full) gets the model on the CPU in fp32.
+    to_cpu_fp32(partial.model)
     log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
     return TrainingRecord(
         epochs=report.epochs,

@@ -14,7 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from pema_export.devices import Placement, Replicas, resolve_placement, to_cpu_fp32
+from pema_export.devices import Placement, Replicas, resolve_placement
 from pema_export.errors import CorpusError
 from pema_export.tasks import accuracy
 
@@ -120,7 +120,8 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
 
     Trains on ``options.device`` in ``options.precision`` (autocast over fp32 weights; fp16 with loss scaling), in
     one process or, under accelerate launch / torchrun, data-parallel: every process draws the same global batches
-    and runs its share of each. ``model`` is trained in place and comes back on the CPU in fp32.
+    and runs its share of each. ``model`` is trained in place and left on that device (``devices.to_cpu_fp32``
+    brings it back; the pipeline does so right after this returns).
 
     ``dropout`` (``oov.OovDropout``): each epoch, words of the training texts are replaced with probability
     ``dropout.rate`` by ``dropout.substitute(ids)``, drawn from ``options.seed``: fresh words each epoch."""
@@ -171,7 +172,7 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
             raise
         raise replicas.failed(exc) from exc
     report.seconds = time.perf_counter() - started
-    to_cpu_fp32(model).eval()
+    model.eval()
     return report
 
 

@@ -67,7 +67,7 @@ def test_cli_device_cuda_without_a_gpu_exits_2_before_any_work(tmp_path, labelle
     assert not (tmp_path / "b").exists()
 
 
-def tiny_training(tiny_bert, seed: int, epochs: int = 2):
+def tiny_training(tiny_bert, seed: int, epochs: int = 2, precision: str = "fp32"):
     tokenizer = open_tokenizer(tiny_bert / "tokenizer.json")
     texts = TRAINING_TEXT[:48]
     ids = [enc.ids for enc in tokenizer.encode_batch(texts)]
@@ -76,7 +76,7 @@ def tiny_training(tiny_bert, seed: int, epochs: int = 2):
     labels = [int("order" in text.lower()) for text in texts]  # a learnable rule
     encoded = [map_ids(kept, np.asarray(seq)).tolist() for seq in ids]
     partial = load_partial_model(ModelSource("tiny", tiny_bert, None), kept, TASKS["text-classification"], labels=["no", "yes"], seed=seed)
-    options = TrainOptions(epochs=epochs, lr=2e-3, batch_size=8, seed=seed)
+    options = TrainOptions(epochs=epochs, lr=2e-3, batch_size=8, seed=seed, precision=precision)
     report = fine_tune(partial.model, EncodedSet(encoded[:40], labels[:40]), EncodedSet(encoded[40:], labels[40:]), 0, options)
     return partial.model, report
 
