@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -226,11 +226,11 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
     dropout = vocabulary.applied.dropout(rate, vocabulary.kept, unk_token_id(plan.tokenizer_json))
     train_set, eval_set = _training_sets(plan, vocabulary, log)
     placement = plan.placement
-    processes = f", {placement.processes.count} processes sharing each batch of {options.train.batch_size}" if placement.processes.count > 1 else ""
-    why = "" if placement.reason == f"--device {placement.device}" else f" ({placement.reason})"
-    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs on "
-        f"{placement.device}{why} in {placement.precision}{processes}")
-    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs "
+        f"{_where(placement, options.train.batch_size)}")
+    # one progress bar for a launch: process 0's
+    train_options = replace(options.train, progress=options.train.progress and placement.processes.is_main)
+    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), train_options, dropout=dropout,
                        metric=vocabulary.scan.task.metric)
     # The one hand-over: whatever device and precision trained it, every later step (the policy's transform, export,
     # parity reference, held-out figures, --save-full) gets the model on the CPU in fp32.
@@ -247,10 +247,7 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
         batch_size=options.train.batch_size,
         max_length=options.max_length,
         seed=options.train.seed,
-        device=str(report.placement.device),
-        device_reason=report.placement.reason,
-        precision=report.placement.precision,
-        processes=report.placement.processes.count,
+        **_placement_record(report.placement),
         oov_dropout=dropout.rate if dropout else 0.0,
         oov_dropout_substitute=dropout.substitute_name if dropout else None,
         labels=vocabulary.labels,
@@ -401,6 +398,18 @@ def _check_max_bytes(staged: StagedBundle, max_bytes: int, predicted: int | None
             f"--max-bytes {max_bytes:,}: the bundle came to {written:,} bytes, {over:,} over (predicted "
             f"{predicted:,}); nothing was written; rerun with --max-bytes {max_bytes - over:,} to fit"
         )
+
+
+def _where(placement: Placement, batch_size: int) -> str:
+    """'on cuda:0 (--device auto: ...) in bf16, 2 processes sharing each batch of 16' for the log."""
+    why = "" if placement.reason == f"--device {placement.device}" else f" ({placement.reason})"
+    count = placement.processes.count
+    return f"on {placement.device}{why} in {placement.precision}" + (f", {count} processes sharing each batch of {batch_size}" if count > 1 else "")
+
+
+def _placement_record(placement: Placement) -> dict:
+    return dict(device=str(placement.device), device_reason=placement.reason, precision=placement.precision,
+                processes=placement.processes.count)
 
 
 def _labels(seen: set[str]) -> list[str]:
