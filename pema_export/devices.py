@@ -221,7 +221,10 @@ class Replicas:
             return
         from accelerate.utils import gather_object
 
-        seen = gather_object([fingerprint])
+        try:
+            seen = gather_object([fingerprint])
+        except RuntimeError as exc:
+            raise self.failed(exc) from exc
         differing = [rank for rank, other in enumerate(seen) if other != seen[0]]
         if differing:
             raise DeviceError(f"process {differing[0]} of {self.processes.count} has other {what} than process 0; "

@@ -289,6 +289,26 @@ def test_a_process_that_dies_leaves_the_earlier_bundle_and_writes_nothing(tmp_pa
     assert not (tmp_path / "full").exists()
 
 
+def test_processes_that_read_different_data_refuse_to_train(tmp_path):
+    script = tmp_path / "differ.py"
+    script.write_text(
+        "import os, sys\n"
+        "from pema_export.devices import Replicas, resolve_placement\n"
+        "from pema_export.errors import DeviceError\n"
+        "replicas = Replicas(resolve_placement('cpu', 'fp32'))\n"
+        "replicas.check_same('training texts', 'same')\n"
+        "try:\n"
+        "    replicas.check_same('training texts', 'corpus of rank ' + os.environ['RANK'])\n"
+        "except DeviceError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                            capture_output=True, text=True, env=launch_env(), timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("process 1 of 2 has other training texts than process 0; every machine needs the same "
+                               "corpus files and model") == 2
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m gpu on a machine with one)")
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
