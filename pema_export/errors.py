@@ -43,3 +43,8 @@ class OutputError(PemaError):
 
 class InGraphTokenizerError(PemaError):
     """The tokenizer cannot be put in the graph exactly (--tokenizer in-graph), or onnxruntime-extensions cannot run it."""
+
+
+class DeviceError(PemaError):
+    """The device or precision asked for is not on this machine or not usable in this launch, or a process of a
+    data-parallel launch failed; nothing was written."""

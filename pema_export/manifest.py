@@ -105,6 +105,10 @@ class TrainingRecord(_Record):
     batch_size: int | None = None
     max_length: int | None = None
     seed: int | None = None
+    device: str | None = None  # where it trained (cpu, cuda:0, ...); the model is exported and verified on the CPU
+    device_reason: str | None = None  # what --device asked and, for auto, what was visible
+    precision: str | None = None  # fp32, bf16, fp16 (autocast over fp32 weights); export and parity are fp32
+    processes: int | None = None  # data-parallel processes of a launch; batch_size is the global batch
     oov_dropout: float | None = None
     oov_dropout_substitute: str | None = None
     labels: list[str] | None = None

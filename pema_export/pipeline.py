@@ -4,11 +4,12 @@ prepare -> scan -> string input plan -> partial model -> train -> tokenizer -> e
 manifest -> commit
 
 ``run`` reads as that sequence; each step below is one function, its inputs the records earlier steps returned.
+In a data-parallel launch (accelerate launch, torchrun) every process runs the steps up to training; process 0
+alone goes on, the others return before anything is written.
 """
 
 from __future__ import annotations
 
-import json
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from pema_export import __version__
 from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
 from pema_export.corpus import check_corpus_paths, iter_texts, load_examples, read_corpus
+from pema_export.devices import Placement, resolve_placement, to_cpu_fp32
 from pema_export.errors import CorpusError, ModelError, TargetError, TrainingError
 from pema_export.export import export_onnx
 from pema_export.manifest import (
@@ -48,7 +50,7 @@ from pema_export.stages.formats import format_of
 from pema_export.tasks import TASKS, Task, rounded
 from pema_export.tokenizers import original_tokenizer_json, prune_tokenizer, pruned_tokenizer_config, tokenizer_family, tokenizer_json_text
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
-from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out, word_spans
+from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, split_held_out, word_spans
 from pema_export.verify import (
     PARITY_ATOL,
     PARITY_SAMPLE,
@@ -107,6 +109,7 @@ class Plan:
     source: ModelSource
     tokenizer_json: dict
     original_tokenizer: Tokenizer
+    placement: Placement  # where training runs, and which process of a launch this is
 
 
 @dataclass(frozen=True)
@@ -143,9 +146,12 @@ class Verified:
     reference: OnnxReference  # the fp32 ONNX's outputs on the corpus sample, for the stages
 
 
-def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
-    """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
+def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult | None:
+    """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``; None in the processes of
+    a launch other than process 0, which train and write nothing."""
     plan = prepare(options)
+    if not plan.placement.processes.is_main:
+        return train_beside(plan)
     # The output folder is claimed before any work (a second export to it is refused); everything, scratch files
     # included, is written to its staging folder and moved into place only after every check passed.
     with StagedBundle(plan.out.parent) as staged:
@@ -165,6 +171,15 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     return ExportResult(out_dir=plan.out.parent, files=files, manifest=manifest)
 
 
+def train_beside(plan: Plan) -> None:
+    """A process of a launch other than process 0: the same scan, partial model and training (its share of every
+    batch), silently; it never touches ``--out``."""
+    quiet = lambda message: None  # noqa: E731
+    vocabulary = scan(plan, quiet)
+    train(plan, vocabulary, partial_model(plan, vocabulary), quiet)
+    return None
+
+
 def prepare(options: ExportOptions) -> Plan:
     """Everything that can be checked cheaply, before any work starts; the model and its tokenizer opened."""
     target = load_target(options.target, quantize=options.quantize, tokenizer=options.tokenizer)
@@ -173,7 +188,7 @@ def prepare(options: ExportOptions) -> Plan:
     format_of(target).check_out(target.name, out)
     corpus_paths = check_corpus_paths(options.corpus)
     eval_paths = check_corpus_paths([options.eval_file]) if options.eval_file else []
-    resolve_device(options.train.device)
+    placement = resolve_placement(options.train.device, options.train.precision)
     if options.save_full:
         check_save_full_dir(Path(options.save_full))
     refusal = POLICIES[options.oov].refusal(TASKS[options.task]) if options.task and options.oov in POLICIES else None
@@ -188,7 +203,8 @@ def prepare(options: ExportOptions) -> Plan:
     if target.tokenizer == "in-graph":
         # what the ops cannot reproduce does not depend on the vocabulary: refuse it before reading the corpus
         string_input_stage.plan_for(source.path, tokenizer_json, tokenizer_json, max_length=options.max_length)
-    return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json))
+    return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json),
+                placement)
 
 
 def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
@@ -234,7 +250,8 @@ def partial_model(plan: Plan, vocabulary: Vocabulary) -> PartialModel:
 
 
 def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callable[[str], None]) -> TrainingRecord | None:
-    """Fine-tune the partial model in place on the corpus's labels; None when it has none to train on."""
+    """Fine-tune the partial model in place on the corpus's labels, where ``plan.placement`` says; it comes back on
+    the CPU in fp32 for every later step. None when the corpus has no labels to train on."""
     if vocabulary.labels is None:
         return None
     options, task = plan.options, vocabulary.scan.task
@@ -242,10 +259,17 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
     rate = vocabulary.scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
     dropout = vocabulary.applied.dropout(rate, vocabulary.kept, unk_token_id(plan.tokenizer_json))
     train_set, eval_set = _training_sets(plan, vocabulary, log)
-    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {train_options.epochs} epochs at lr {train_options.lr:g}")
+    placement = plan.placement
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {train_options.epochs} epochs at lr "
+        f"{train_options.lr:g} {_where(placement, options.train.batch_size)}")
     metric, labels = task.metric, vocabulary.labels
+    # one progress bar for a launch: process 0's
+    train_options = replace(train_options, progress=train_options.progress and placement.processes.is_main)
     report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), train_options, dropout=dropout,
                        metric=lambda predicted, targets: metric(predicted, targets, labels))
+    # The one hand-over: whatever device and precision trained it, every later step (the policy's transform, export,
+    # parity reference, held-out figures, --save-full) gets the model on the CPU in fp32.
+    to_cpu_fp32(partial.model)
     if not all(bool(p.isfinite().all()) for p in partial.model.parameters()):
         raise TrainingError(f"fine-tuning diverged: the weights are no longer finite after training at --lr "
                             f"{train_options.lr:g}; lower --lr")
@@ -262,6 +286,7 @@ def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callab
         batch_size=options.train.batch_size,
         max_length=options.max_length,
         seed=options.train.seed,
+        **_placement_record(report.placement),
         oov_dropout=dropout.rate if dropout else 0.0,
         oov_dropout_substitute=dropout.substitute_name if dropout else None,
         labels=vocabulary.labels,
@@ -446,6 +471,18 @@ def _labels(task: Task, seen: set[str]) -> list[str]:
     if len(labels) < 2:
         raise CorpusError(f"the corpus has a single label {labels[0]!r}: a classifier needs at least two classes")
     return labels
+
+
+def _where(placement: Placement, batch_size: int) -> str:
+    """'on cuda:0 (--device auto: ...) in bf16, 2 processes sharing each batch of 16' for the log."""
+    why = "" if placement.reason == f"--device {placement.device}" else f" ({placement.reason})"
+    count = placement.processes.count
+    return f"on {placement.device}{why} in {placement.precision}" + (f", {count} processes sharing each batch of {batch_size}" if count > 1 else "")
+
+
+def _placement_record(placement: Placement) -> dict:
+    return dict(device=str(placement.device), device_reason=placement.reason, precision=placement.precision,
+                processes=placement.processes.count)
 
 
 def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None]) -> tuple[EncodedSet, EncodedSet]:

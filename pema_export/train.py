@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -13,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from pema_export.devices import Placement, Replicas, resolve_placement
 from pema_export.entities import IGNORED
 from pema_export.errors import CorpusError, PemaError
 from pema_export.tasks import Score, accuracy
@@ -27,12 +29,13 @@ DEFAULT_LR = 1e-4
 class TrainOptions:
     epochs: int | None = None  # None: the task's default, else DEFAULT_EPOCHS
     lr: float | None = None  # None: the task's default, else DEFAULT_LR
-    batch_size: int = 16
+    batch_size: int = 16  # texts per optimizer step over all processes of a launch (devices.Replicas)
     weight_decay: float = 0.01  # never applied to embeddings, biases or LayerNorm (see README: PEMA and decay)
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (devices.resolve_placement)
+    precision: str | None = "fp32"  # fp32, bf16 or fp16 autocast over fp32 weights; None: what accelerate launch says
     progress: bool = False
     # share of corpus words replaced by what an unseen word becomes (docs/oov.md); None: what the --oov policy
     # brings (0.1 under --oov auto for a labelled corpus, else 0)
@@ -65,27 +68,11 @@ class TrainReport:
     eval_accuracy_per_epoch: list[float] = field(default_factory=list)  # the task metric's value (accuracy, entity F1)
     eval_figures: dict = field(default_factory=dict)  # the metric's figures after the last epoch (tasks.Score.figures)
     seconds: float = 0.0
+    placement: Placement | None = None  # where it trained: device, why, precision, processes
 
     @property
     def eval_accuracy(self) -> float | None:
         return self.eval_accuracy_per_epoch[-1] if self.eval_accuracy_per_epoch else None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda`` (``cuda:N``), checked before any work so a missing GPU is one clear line, not a trace."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PemaError(f"--device {name}: unknown device; use cpu or cuda") from None
-    if device.type not in ("cpu", "cuda"):
-        raise PemaError(f"--device {name}: unsupported; use cpu or cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = f"torch {torch.__version__} has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise PemaError(f"--device {name}: {build}; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise PemaError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return device
 
 
 def labels_seen_once(labels: Sequence[str]) -> list[str]:
@@ -158,55 +145,100 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
     """AdamW with linear warm-up/decay and gradient clipping; the task's held-out ``metric`` after each epoch
     (``metric(predicted, labels)``, its label names bound).
 
+    Trains on ``options.device`` in ``options.precision`` (autocast over fp32 weights; fp16 with loss scaling), in
+    one process or, under accelerate launch / torchrun, data-parallel: every process draws the same global batches
+    and runs its share of each. ``model`` is trained in place and left on that device (``devices.to_cpu_fp32``
+    brings it back; the pipeline does so right after this returns).
+
     ``dropout`` (``oov.OovDropout``): each epoch, words of the training texts are replaced with probability
     ``dropout.rate`` by ``dropout.substitute(ids)``, drawn from ``options.seed``: fresh words each epoch."""
     if dropout is not None and train_set.word_spans is None:
         raise ValueError("oov dropout needs the training set's word spans")
     options = options.resolved()
+    placement = resolve_placement(options.device, options.precision)
+    replicas = Replicas(placement)
+    replicas.check_same("training texts, labels or model", _fingerprint(model, train_set, eval_set))
     word_rng = random.Random(options.seed)
-    device = resolve_device(options.device)
     torch.manual_seed(options.seed)
-    model.to(device)
+    trained = replicas.wrap(model)
     optimizer = torch.optim.AdamW(_parameter_groups(model, options.weight_decay), lr=options.lr)
+    scaler = placement.grad_scaler()
     steps_per_epoch = math.ceil(len(train_set) / options.batch_size)
     total_steps = steps_per_epoch * options.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * options.warmup_ratio), total_steps)
     order_rng = torch.Generator().manual_seed(options.seed)
-    report = TrainReport(epochs=options.epochs, train_size=len(train_set), eval_size=len(eval_set))
+    report = TrainReport(epochs=options.epochs, train_size=len(train_set), eval_size=len(eval_set), placement=placement)
     started = time.perf_counter()
-    for epoch in range(options.epochs):
-        model.train()
-        order = torch.randperm(len(train_set), generator=order_rng).tolist()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress, leave=False)
-        for start in range(0, len(order), options.batch_size):
-            batch = [order[i] for i in range(start, min(start + options.batch_size, len(order)))]
-            texts = [train_set.input_ids[i] for i in batch]
-            targets = [train_set.labels[i] for i in batch]
-            if dropout is not None:
-                dropped = [drop_words(ids, train_set.word_spans[i], dropout.rate, dropout.substitute, word_rng,
-                                      labels=target if isinstance(target, list) else None)
-                           for ids, i, target in zip(texts, batch, targets)]
-                if isinstance(targets[0], list):
-                    texts, targets = [ids for ids, _ in dropped], [labels for _, labels in dropped]
-                else:
-                    texts = dropped
-            input_ids, attention_mask = pad_batch(texts, pad_id)
-            labels = label_batch(targets, input_ids.shape[1])
-            loss = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            bar.update()
-        bar.close()
-        score = evaluate(model, eval_set, pad_id, options.batch_size, device, metric)
-        report.eval_accuracy_per_epoch.append(score.value)
-        report.eval_figures = score.figures
+    try:
+        for epoch in range(options.epochs):
+            trained.train()
+            order = torch.randperm(len(train_set), generator=order_rng).tolist()
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress, leave=False)
+            for start in range(0, len(order), options.batch_size):
+                batch = [order[i] for i in range(start, min(start + options.batch_size, len(order)))]
+                texts = [train_set.input_ids[i] for i in batch]
+                targets = [train_set.labels[i] for i in batch]
+                if dropout is not None:  # drawn for the whole global batch in every process, as one process draws it
+                    dropped = [drop_words(ids, train_set.word_spans[i], dropout.rate, dropout.substitute, word_rng,
+                                          labels=target if isinstance(target, list) else None)
+                               for ids, i, target in zip(texts, batch, targets)]
+                    if isinstance(targets[0], list):
+                        texts, targets = [ids for ids, _ in dropped], [labels for _, labels in dropped]
+                    else:
+                        texts = dropped
+                input_ids, attention_mask = pad_batch(texts, pad_id)
+                labels = label_batch(targets, input_ids.shape[1])
+                loss = _share_loss(trained, replicas, input_ids, attention_mask, labels)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.update()
+            bar.close()
+            # fp32, without autocast: the figure is the one the exported fp32 model will give
+            score = evaluate(model, eval_set, pad_id, options.batch_size, placement.device, metric)
+            report.eval_accuracy_per_epoch.append(score.value)
+            report.eval_figures = score.figures
+        replicas.finish()
+    except RuntimeError as exc:
+        if replicas.processes.count == 1:
+            raise
+        raise replicas.failed(exc) from exc
     report.seconds = time.perf_counter() - started
     model.eval()
     return report
+
+
+def _share_loss(trained: nn.Module, replicas: Replicas, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """This process's loss on its rows of the global batch, weighted so that the processes' averaged gradients are
+    the batch's; in one process, the model's loss on the whole batch as it is."""
+    placement, device = replicas.placement, replicas.placement.device
+    if replicas.processes.count == 1:
+        with placement.autocast():
+            return trained(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device)).loss
+    rows = replicas.rows(len(labels))
+    counted = labels != -100  # the loss terms: every text, or (per-token labels) every labelled token
+    share_items, batch_items = int(counted[rows].sum()), int(counted.sum())
+    if share_items == 0:
+        # an empty share still runs a step (every process must join the gradient exchange), weighted 0
+        rows, weight = slice(0, 1), 0.0
+    else:
+        weight = replicas.weight(share_items, batch_items)
+    with placement.autocast():
+        loss = trained(input_ids=input_ids[rows].to(device), attention_mask=attention_mask[rows].to(device),
+                       labels=labels[rows].to(device)).loss
+    return loss * weight
+
+
+def _fingerprint(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet) -> str:
+    digest = hashlib.sha256(repr((train_set.input_ids, train_set.labels, eval_set.input_ids, eval_set.labels)).encode())
+    digest.update(repr([(name, tuple(p.shape)) for name, p in model.named_parameters()]).encode())
+    return digest.hexdigest()
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ from pema_export.errors import CorpusError, PemaError
 from pema_export.models import ModelSource
 from pema_export.pema import load_partial_model, map_ids
 from pema_export.tasks import TASKS
-from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out
+from pema_export.devices import resolve_placement
+from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, split_held_out
 from pema_export.vocab import KeptVocab, open_tokenizer
 
 
@@ -48,14 +49,14 @@ def test_integer_and_word_labels_mixed_in_a_text_format_are_an_error(tmp_path, s
 
 
 def test_device_must_exist():
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_placement("cpu", environ={}).device == torch.device("cpu")
     with pytest.raises(PemaError, match="--device gpu: unknown device"):
-        resolve_device("gpu")
+        resolve_placement("gpu", environ={})
     if torch.cuda.is_available():
-        assert resolve_device("cuda").type == "cuda"
+        assert resolve_placement("cuda", environ={}).device.type == "cuda"
     else:
         with pytest.raises(PemaError, match="--device cuda: .*use --device cpu"):
-            resolve_device("cuda")
+            resolve_placement("cuda", environ={})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -66,7 +67,8 @@ def test_cli_device_cuda_without_a_gpu_exits_2_before_any_work(tmp_path, labelle
     assert not (tmp_path / "b").exists()
 
 
-def tiny_training(tiny_bert, seed: int, epochs: int = 6, lr: float = 2e-3, n: int = 128, n_eval: int = 32):
+def tiny_training(tiny_bert, seed: int, epochs: int = 6, lr: float = 2e-3, n: int = 128, n_eval: int = 32,
+                  precision: str = "fp32"):
     """A learnable rule on sample texts: a text is "yes" when it starts with the word "urgent" (every other one does).
 
     With the defaults (96 texts to train on, 32 held out, 6 epochs at 2e-3) held-out accuracy was 1.0 for each of
@@ -79,7 +81,7 @@ def tiny_training(tiny_bert, seed: int, epochs: int = 6, lr: float = 2e-3, n: in
     kept = KeptVocab(np.unique(np.concatenate([np.arange(5), *map(np.asarray, ids)])), original_size, unk_id=1)
     encoded = [map_ids(kept, np.asarray(seq)).tolist() for seq in ids]
     partial = load_partial_model(ModelSource("tiny", tiny_bert, None), kept, TASKS["text-classification"], labels=["no", "yes"], seed=seed)
-    options = TrainOptions(epochs=epochs, lr=lr, batch_size=8, seed=seed)
+    options = TrainOptions(epochs=epochs, lr=lr, batch_size=8, seed=seed, precision=precision)
     report = fine_tune(partial.model, EncodedSet(encoded[:n - n_eval], labels[:n - n_eval]),
                        EncodedSet(encoded[n - n_eval:], labels[n - n_eval:]), 0, options)
     return partial.model, report

@@ -39,7 +39,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128, help="tokens per text in training and checks (default 128)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="where to fine-tune: cpu (default), cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="where to fine-tune: cpu (default), cuda, cuda:N, or auto (a "
+                        "GPU when one is visible); export and verification run on the CPU")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="training precision: fp32 (default), or bf16/fp16 "
+                        "autocast over fp32 weights (fp16 with loss scaling); the export stays fp32. Under accelerate "
+                        "launch the default is its --mixed_precision")
     parser.add_argument("--save-full", metavar="DIR", help="also write a normal Hugging Face checkpoint with the full "
                         "vocabulary (trained rows merged into the pretrained matrix) and the original tokenizer to DIR")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model folder/hub")
@@ -65,7 +69,7 @@ def run(argv: Sequence[str]) -> int:
         max_length=args.max_length,
         train=TrainOptions(
             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-            device=args.device, progress=not args.quiet and sys.stderr.isatty(), oov_dropout=args.oov_dropout,
+            device=args.device, precision=args.precision, progress=not args.quiet and sys.stderr.isatty(), oov_dropout=args.oov_dropout,
         ),
         trust_remote_code=args.trust_remote_code,
         oov=args.oov,
@@ -81,7 +85,8 @@ def run(argv: Sequence[str]) -> int:
     )
     log = (lambda message: None) if args.quiet else (lambda message: print(f"pema-export: {message}", file=sys.stderr))
     result = run(export, log=log)
-    print(summary_lines(result.manifest, result.out_dir))
+    if result is not None:  # None: a process of a launch other than process 0, which writes nothing
+        print(summary_lines(result.manifest, result.out_dir))
     return 0
 
 
