@@ -147,7 +147,7 @@ def test_a_model_trained_on_another_device_in_bf16_is_exported_and_verified_from
         model.to(device=lazy_device, dtype=torch.bfloat16)
         trained["model"] = model
         return TrainReport(epochs=1, train_size=len(train_set), eval_size=len(eval_set), eval_accuracy_per_epoch=[0.5],
-                           placement=Placement(lazy_device, "a device other than the CPU", "bf16"))
+                           eval_figures={"accuracy": 0.5}, placement=Placement(lazy_device, "a device other than the CPU", "bf16"))
 
     monkeypatch.setattr(pipeline, "fine_tune", trained_elsewhere)
     result = pipeline.run(pipeline.ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "b" / "model.onnx"),
@@ -192,7 +192,7 @@ def test_a_process_other_than_the_first_trains_and_writes_nothing(tmp_path, tiny
     def trains(model, train_set, eval_set, pad_id, options, **kwargs):  # no process group in a unit test
         calls.append(len(train_set))
         return TrainReport(epochs=1, train_size=len(train_set), eval_size=len(eval_set), eval_accuracy_per_epoch=[0.5],
-                           placement=resolve_placement("cpu", "fp32"))
+                           eval_figures={"accuracy": 0.5}, placement=resolve_placement("cpu", "fp32"))
 
     monkeypatch.setattr(pipeline, "fine_tune", trains)
     out = tmp_path / "b" / "model.onnx"
