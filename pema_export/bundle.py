@@ -217,21 +217,22 @@ def _move_into_place(root: Path, out_dir: Path) -> None:
     """The move ``committing.json`` in ``root`` describes; safe to repeat after an interruption (each step is a
     rename or an unlink, and the manifest goes last)."""
     staging, manifest = root / "bundle", root / "bundle" / MANIFEST_NAME
-    if not manifest.exists():
+    names = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file() and p != manifest)
+    if not manifest.exists() and not names:
         return  # the manifest moved last: the bundle is complete
     stale = json.loads((root / COMMITTING_NAME).read_text(encoding="utf-8"))["remove"]
     # the earlier manifest must never describe a mix of its files and these
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
     for name in stale:
         _remove_inside(out_dir, name)
-    names = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file() and p != manifest)
     for index, name in enumerate(names):
         target = out_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / name, target)
         if index == 0:
             _pause_for_tests()
-    os.replace(manifest, out_dir / MANIFEST_NAME)
+    if manifest.exists():  # a library caller may stage model files only (stages.ship), with no manifest
+        os.replace(manifest, out_dir / MANIFEST_NAME)
 
 
 def _remove_inside(out_dir: Path, name: str) -> None:

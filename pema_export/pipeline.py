@@ -11,6 +11,7 @@ alone goes on, the others return before anything is written.
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -153,12 +154,17 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     if not plan.placement.processes.is_main:
         return train_beside(plan)
     # The output folder is claimed before any work (a second export to it is refused); everything, scratch files
-    # included, is written to its staging folder and moved into place only after every check passed.
-    with StagedBundle(plan.out.parent) as staged:
+    # included, is written to its staging folder and moved into place only after every check passed. In a launch of
+    # several processes, process 0 claims it after training: a process that dies in training makes the launcher kill
+    # the rest, and a killed process 0 must not leave a staging folder behind.
+    launched = plan.placement.processes.count > 1
+    with ExitStack() as claimed:
+        staged = None if launched else claimed.enter_context(StagedBundle(plan.out.parent))
         vocabulary = scan(plan, log)
         text_plan = string_input_plan(plan, vocabulary, log)
         partial = partial_model(plan, vocabulary)
         training = train(plan, vocabulary, partial, log)
+        staged = staged or claimed.enter_context(StagedBundle(plan.out.parent))
         tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
         exported = export(plan, vocabulary, partial, staged.work, log)
         verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, log)

@@ -98,7 +98,7 @@ def test_a_bundle_over_max_bytes_is_not_written(tiny_bert, labelled_corpus, tmp_
     largest = predict(scan_vocabulary(source, tokenizer_json, [labelled_corpus], oov="unk", prior_words=5000, prior_lang=["en"]).kept)
     limit, under = (smallest + largest) // 2, (largest - smallest) // 4
     real = scan_module.predict_sizes  # a prediction `under` bytes short, as a miscalibrated one would be
-    monkeypatch.setattr(scan_module, "predict_sizes", lambda *args: replace(real(*args), other_bytes=real(*args).other_bytes - under))
+    monkeypatch.setattr(scan_module, "predict_sizes", lambda *args, **kwargs: replace(real(*args, **kwargs), other_bytes=real(*args, **kwargs).other_bytes - under))
     out = tmp_path / "app" / "model.onnx"
     out.parent.mkdir()
     out.write_bytes(b"the team's earlier bundle")

@@ -31,7 +31,8 @@ def _lines(name: str, count: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
-    """MiniLM on the first 160 sample sentences (3 epochs: enough for int8 to keep its answers), held out on 40
+    """MiniLM on the first 160 sample sentences (the task's default training: 10 epochs at 3e-4; 3 epochs at 1e-4 left
+    entity F1 at 0.03, 3 at 3e-4 at 0.49), held out on 40
     sentences of the separately written file."""
     folder = tmp_path_factory.mktemp("minilm-slots")
     corpus, heldout = folder / "slots.jsonl", folder / "heldout.jsonl"
@@ -40,13 +41,14 @@ def bundle(tmp_path_factory) -> tuple[Path, dict, list[dict]]:
     heldout.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     out = folder / "slots" / "model.onnx"
     result = run(ExportOptions(corpus=[str(corpus)], out=str(out), target="web", eval_file=str(heldout),
-                               train=TrainOptions(epochs=3)))
+                               train=TrainOptions()))
     return out.parent, result.manifest.to_json(), records
 
 
 def _python_answers(bundle_dir: Path, model: str, texts: list[str], labels: list[str]) -> tuple[list, list]:
     """Shipped tokenizer and model in onnxruntime, one text at a time: (ids, per-piece label and top probability)."""
     tokenizer = open_tokenizer(bundle_dir / "tokenizer.json")
+    special_ids = {piece for piece, token in tokenizer.get_added_tokens_decoder().items() if token.special}
     session = ort.InferenceSession(str(bundle_dir / model), providers=["CPUExecutionProvider"])
     ids, answers = [], []
     for encoding in tokenizer.encode_batch(texts):
@@ -56,8 +58,10 @@ def _python_answers(bundle_dir: Path, model: str, texts: list[str], labels: list
         probabilities = np.exp(logits - logits.max(-1, keepdims=True))
         probabilities /= probabilities.sum(-1, keepdims=True)
         ids.append(encoding.ids)
-        answers.append([(labels[int(p.argmax())], float(p.max()), special)
-                        for p, special in zip(probabilities, encoding.special_tokens_mask)])
+        # "special" as transformers.js's pipeline reads it: a piece that decodes to nothing without special tokens,
+        # i.e. [CLS], [SEP] and also an [UNK] inside the text (a word the pruned vocabulary lacks is not reported)
+        answers.append([(labels[int(p.argmax())], float(p.max()), bool(special) or piece in special_ids)
+                        for p, special, piece in zip(probabilities, encoding.special_tokens_mask, encoding.ids)])
     return ids, answers
 
 
