@@ -41,8 +41,8 @@ MANIFEST_BYTES = 1_000  # the manifest's vocab.tail entry: about 700 bytes
 
 
 def row_index_bytes(original_size: int) -> int:
-    """Bytes per original id of the row-index table: int16 while the ids fit, int32 beyond."""
-    return 2 if original_size <= np.iinfo(np.int16).max else 4
+    """Bytes per original id of the row-index table: int32 (rowcodes.TailEmbedding says why not int16)."""
+    return 4
 
 
 @dataclass(frozen=True)
