@@ -1,6 +1,7 @@
 """Full-vocabulary vs PEMA fine-tuning: peak memory, wall time and held-out accuracy, each side in its own process.
 
-    .venv/bin/python benchmarks/finetune_memory.py [--epochs 2] [--device cpu|cuda] [--skip-xlmr]
+    .venv/bin/python benchmarks/finetune_memory.py [--epochs 2] [--device cpu|cuda] [--precision fp32|bf16|fp16]
+                                                   [--skip-xlmr] [--minilm DIR]
 
 1. The embedded all-MiniLM-L6-v2 fine-tuned as a 6-way classifier on samples/app_texts.txt (483 texts), held-out
    accuracy on samples/heldout.txt (164 texts, written separately). Full side: what a user would otherwise run,
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32", help="training precision of both sides (autocast over fp32 weights)")
+    parser.add_argument("--minilm", metavar="DIR", help="an all-MiniLM-L6-v2 folder (default: the embedded one)")
     parser.add_argument("--xlmr-steps", type=int, default=6, help="optimizer steps on the XLM-R-shaped model")
     parser.add_argument("--skip-xlmr", action="store_true")
     parser.add_argument("--repeats", type=int, default=3,
@@ -61,8 +64,8 @@ def main() -> None:
 def compare(args) -> None:
     common = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size),
               "--max-length", str(args.max_length), "--seed", str(args.seed), "--device", args.device,
-              "--xlmr-steps", str(args.xlmr_steps)]
-    results = {"device": args.device, "batch_size": args.batch_size, "max_length": args.max_length, "epochs": args.epochs}
+              "--xlmr-steps", str(args.xlmr_steps), "--precision", args.precision] + (["--minilm", args.minilm] if args.minilm else [])
+    results = {"device": args.device, "precision": args.precision, "batch_size": args.batch_size, "max_length": args.max_length, "epochs": args.epochs}
     results["repeats"] = args.repeats
     minilm = pairs("minilm", common, args.repeats)
     results.update(summary(minilm))
@@ -156,7 +159,7 @@ def run_side(args) -> dict:
     from pema_export.train import EncodedSet, TrainOptions, fine_tune
     from pema_export.vocab import KeptVocab, open_tokenizer
 
-    minilm = resolve_model(None)
+    minilm = resolve_model(args.minilm)
     tokenizer = open_tokenizer(minilm.tokenizer_json)
     tokenizer.enable_truncation(args.max_length)
     train_texts, train_labels = read_labelled(SAMPLES / "app_texts.txt")
@@ -193,7 +196,7 @@ def run_side(args) -> dict:
         pad_id = model.config.pad_token_id
     label_index = {label: i for i, label in enumerate(labels)}
     options = TrainOptions(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                           device=args.device, progress=sys.stderr.isatty())
+                           device=args.device, precision=args.precision, progress=sys.stderr.isatty())
     report = fine_tune(model, EncodedSet(train_ids, [label_index[l] for l in train_labels]),
                        EncodedSet(eval_ids, [label_index[l] for l in eval_labels]), pad_id, options)
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started

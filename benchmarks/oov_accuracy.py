@@ -67,8 +67,9 @@ def main() -> int:
     jsonl = Path(args.jsonl)
     sets = evaluation_sets(Path(args.evalsets_dir), args.sets, build=not args.table_only)
     if not args.table_only:
-        for name, (train, test) in sets.items():
-            for seed in args.seeds:
+        # seed by seed across the sets, so a partial run already covers every set
+        for seed in args.seeds:
+            for name, (train, test) in sets.items():
                 run_seed(jsonl, name, train, test, seed, args.methods)
     print(tables(recorded(jsonl), list(sets)))
     return 0
@@ -103,7 +104,9 @@ def run_seed(jsonl: Path, set_name: str, train: Path, test: Path, seed: int, met
                                            "--save-full", str(checkpoint)], test)
             record(jsonl, set_name, seed, "unk", row, done)
         if any(m in DERIVED for m in todo):
-            plain = optimum_bytes(checkpoint, scratch / "optimum")
+            # optimum's bytes depend on the architecture and the labels, not the seed: measured once per set
+            plain = next((row["optimum"] for row in recorded(jsonl) if row["set"] == set_name and "optimum" in row), None)
+            plain = plain or optimum_bytes(checkpoint, scratch / "optimum")
             for method in (m for m in todo if m in DERIVED):
                 options = DERIVED[method] or ["--oov", "unk", "--keep-tokens", str(whole_vocabulary(checkpoint, scratch))]
                 row = export(scratch / method, ["--model", str(checkpoint), "--corpus", str(texts), "--quantize", "none",

@@ -1,12 +1,14 @@
-"""What the in-graph tokenizer costs: the string-in model beside the ids-in model + Python ``tokenizers``.
+"""What the in-graph tokenizer costs: the string-in bundle beside the ids-in bundle + Python ``tokenizers``.
 
     .venv/bin/python benchmarks/string_input.py [--texts 400] [--loads 15] [--out build/bench-string-input]
 
-Builds the cpu bundle of the embedded all-MiniLM-L6-v2 from samples/search_texts.txt (an encoder: no fine-tuning;
-fusions + int8, as `pema-export export --target cpu` ships it), adds the string input to its model.onnx, and
-converts both to the ORT format as the android target would. Then, in this one process, on one intra-op thread:
+Exports the embedded all-MiniLM-L6-v2 from samples/search_texts.txt (an encoder: no fine-tuning) with the product
+itself, once with ``--tokenizer ids`` and once with ``--tokenizer in-graph``, for the cpu target (fusions + int8,
+model.onnx) and the android target (int8, model.ort), under ``--oov unk`` (the corpus-pruned tokenizer) and
+``--oov remap`` (the original 30,522-token tokenizer and the id table). Then, in this one process, on one intra-op
+thread:
 
-- bytes: the model file with and without the tokenizer (.onnx and .ort);
+- bytes: the model file of each bundle, and what ``pema-export scan --tokenizer in-graph`` predicted it adds;
 - session load: a fresh session per load, ids-in (its session + ``Tokenizer.from_file``) and string-in alternating;
 - latency per text: texts of samples/heldout.txt, then app_texts.txt, at batch 1, each run 5 times per side with the
   sides alternating (ids-in = ``tokenizers`` encode + session run); a text counts its fastest run per side, the
@@ -33,29 +35,28 @@ SAMPLES = REPO / "samples"
 MAX_LENGTH = 128
 
 
-def build(out: Path, oov: str) -> tuple[Path, Path, Path]:
-    """The cpu bundle's model.onnx, its string-in twin and the bundle's tokenizer.json (built once, then reused).
-
-    ``oov``: "remap" ships the original tokenizer (30,522 tokens) and an id table; "unk" the corpus-pruned one."""
-    from pema_export.stages.ort_format import convert_to_ort
+def build(out: Path, oov: str, target: str, tokenizer: str) -> Path:
+    """The bundle ``pema-export --target TARGET --oov OOV --tokenizer TOKENIZER`` writes (built once, then reused)."""
     from pema_export.pipeline import ExportOptions, run
-    from pema_export.string_input import add_string_input, check_extensions, check_fidelity, plan_string_input
-    from pema_export.string_input.verify import tokenizer_only
 
-    bundle = out / "bundle"
-    if not (bundle / "model.onnx").exists():
-        run(ExportOptions(corpus=[str(SAMPLES / "search_texts.txt")], out=str(bundle / "model.onnx"), target="cpu", max_length=MAX_LENGTH, oov=oov))
-    tokenizer_json = json.loads((bundle / "tokenizer.json").read_text(encoding="utf-8"))
-    pad_id = json.loads((bundle / "config.json").read_text(encoding="utf-8")).get("pad_token_id") or 0
-    plan = plan_string_input(tokenizer_json, max_length=MAX_LENGTH, pad_id=pad_id)
-    string_model = add_string_input(bundle / "model.onnx", plan, out / "string" / "model.onnx")
-    check_fidelity(tokenizer_only(string_model), tokenizer_json, texts(), max_length=MAX_LENGTH)
-    for name, model, library in (("ids", bundle / "model.onnx", None), ("string", string_model, check_extensions())):
-        target = out / "ort" / name / "model.ort"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            convert_to_ort(model, target, "Fixed", "arm", custom_op_library=library)
-    return bundle / "model.onnx", string_model, bundle / "tokenizer.json"
+    bundle = out / f"{oov}-{target}-{tokenizer}"
+    if not (bundle / "pema-manifest.json").exists():
+        run(ExportOptions(corpus=[str(SAMPLES / "search_texts.txt")], out=str(bundle / "model.onnx"), target=target,
+                          max_length=MAX_LENGTH, oov=oov, tokenizer=tokenizer))
+    return bundle
+
+
+def predicted_added_bytes(oov: str, target: str) -> int:
+    """What the scan predicts the in-graph tokenizer adds to the bundle (in-graph minus ids prediction)."""
+    from pema_export.scan import ScanOptions, scan_report
+
+    options = dict(corpus=[str(SAMPLES / "search_texts.txt")], target=target, oov=oov)
+    in_graph = scan_report(ScanOptions(**options, tokenizer="in-graph"))["predicted_bytes"]["total"]
+    return in_graph - scan_report(ScanOptions(**options))["predicted_bytes"]["total"]
+
+
+def bundle_bytes(bundle: Path) -> int:
+    return sum(path.stat().st_size for path in bundle.rglob("*") if path.is_file())
 
 
 def texts() -> list[str]:
@@ -139,19 +140,20 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "build" / "bench-string-input"))
     args = parser.parse_args()
     sample = texts()[: args.texts]
-    rows = []
+    rows, sizes = [], []
     for oov in ("unk", "remap"):
-        out = Path(args.out) / oov
-        ids_onnx, string_onnx, tokenizer_path = build(out, oov)
-        ids_ort, string_ort = out / "ort" / "ids" / "model.ort", out / "ort" / "string" / "model.ort"
-        vocabulary = len(json.loads(tokenizer_path.read_text(encoding="utf-8"))["model"]["vocab"])
-        for kind, ids_model, string_model in (("model.onnx", ids_onnx, string_onnx), ("model.ort", ids_ort, string_ort)):
+        for target, name in (("cpu", "model.onnx"), ("android", "model.ort")):
+            ids_bundle, string_bundle = (build(Path(args.out), oov, target, tokenizer) for tokenizer in ("ids", "in-graph"))
+            ids_model, string_model, tokenizer_path = ids_bundle / name, string_bundle / name, ids_bundle / "tokenizer.json"
+            vocabulary = len(json.loads(tokenizer_path.read_text(encoding="utf-8"))["model"]["vocab"])
             load_ids, load_string = load_times(ids_model, string_model, tokenizer_path, args.loads)
             timed = latencies(ids_model, string_model, tokenizer_path, sample)
-            label = f"--oov {oov}: {kind}, tokenizer.json {vocabulary:,} tokens"
+            label = f"--oov {oov}: {target} {name}, tokenizer.json {vocabulary:,} tokens"
             rows.append((label, ids_model.stat().st_size, string_model.stat().st_size, load_ids, load_string, timed))
-    print(f"all-MiniLM-L6-v2 from samples/search_texts.txt, cpu target (fusions + int8; .ort: Fixed, arm), max_length {MAX_LENGTH}, "
-          f"1 intra-op thread, {len(sample)} texts, per text the fastest of 5 alternating runs per side, medians over texts\n")
+            sizes.append((label, bundle_bytes(string_bundle) - bundle_bytes(ids_bundle), predicted_added_bytes(oov, target)))
+    print(f"all-MiniLM-L6-v2 from samples/search_texts.txt, pema-export --tokenizer ids / in-graph (cpu: fusions + int8; android: "
+          f"int8, .ort Fixed arm), max_length {MAX_LENGTH}, 1 intra-op thread, {len(sample)} texts, per text the fastest of 5 "
+          "alternating runs per side, medians over texts\n")
     print("| bundle | file bytes, ids-in / string-in (added) | session load ms, ids-in + tokenizers / string-in | "
           "latency per text ms, ids-in + tokenizers / string-in (added) | tokenizer alone ms, tokenizers / in-graph |")
     print("|---|---|---|---|---|")
@@ -159,6 +161,10 @@ def main() -> None:
         alone = f"{timed['tokenizers']:.3f} / {timed['graph_tokenizer']:.3f}" if "graph_tokenizer" in timed else f"{timed['tokenizers']:.3f} / -"
         print(f"| {label} | {ids_bytes:,} / {string_bytes:,} (+{string_bytes - ids_bytes:,}) | {load_ids:.1f} / {load_string:.1f} | "
               f"{timed['ids']:.3f} / {timed['string']:.3f} ({timed['string'] - timed['ids']:+.3f}) | {alone} |")
+    print("\n| bundle | bundle bytes added by --tokenizer in-graph | predicted by pema-export scan |")
+    print("|---|---:|---:|")
+    for label, added, predicted in sizes:
+        print(f"| {label} | {added:,} | {predicted:,} ({predicted - added:+,}) |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Sizes are integers (bytes) or strings with a unit: B, kB, MB, GB (powers of 1000
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -131,8 +132,8 @@ def parse_tolerance(text: str) -> float:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise BudgetError(f"--tolerance {text!r} is not a percentage like 2%") from None
-    if value < 0:
-        raise BudgetError("--tolerance must not be negative")
+    if not 0 <= value < math.inf:
+        raise BudgetError(f"--tolerance {text!r} must be a percentage of at least 0%")
     return value
 
 

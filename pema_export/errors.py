@@ -5,6 +5,18 @@ class PemaError(Exception):
     """Base of every failure that is the input's fault, not a bug; its message is what the user reads."""
 
 
+class UsageError(PemaError):
+    """The command line itself is wrong: an unknown option, a missing argument, a value of the wrong type."""
+
+
+class TrainingError(PemaError):
+    """Fine-tuning did not produce a usable model (its weights are no longer finite)."""
+
+
+class IncompleteBundleError(PemaError):
+    """A bundle folder does not hold what its manifest says: an export was interrupted while moving files in."""
+
+
 class CorpusError(PemaError):
     """A corpus file is missing, unreadable, malformed or unusable for the job."""
 
@@ -31,3 +43,8 @@ class OutputError(PemaError):
 
 class InGraphTokenizerError(PemaError):
     """The tokenizer cannot be put in the graph exactly (--tokenizer in-graph), or onnxruntime-extensions cannot run it."""
+
+
+class DeviceError(PemaError):
+    """The device or precision asked for is not on this machine or not usable in this launch, or a process of a
+    data-parallel launch failed; nothing was written."""

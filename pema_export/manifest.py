@@ -98,12 +98,17 @@ class TrainingRecord(_Record):
     train_size: int | None = None
     eval_size: int | None = None
     eval_source: str | None = None
-    eval_accuracy: float | None = None
-    eval_accuracy_per_epoch: list[float] | None = None
+    # the task metric's figures as eval_<figure>, and eval_<metric>_per_epoch (a classifier: eval_accuracy,
+    # eval_accuracy_per_epoch; a token classifier: eval_entity_f1, ..._precision, ..._recall, ..._per_label)
+    evaluation: dict = field(default_factory=dict, metadata=_INLINE)
     lr: float | None = None
     batch_size: int | None = None
     max_length: int | None = None
     seed: int | None = None
+    device: str | None = None  # where it trained (cpu, cuda:0, ...); the model is exported and verified on the CPU
+    device_reason: str | None = None  # what --device asked and, for auto, what was visible
+    precision: str | None = None  # fp32, bf16, fp16 (autocast over fp32 weights); export and parity are fp32
+    processes: int | None = None  # data-parallel processes of a launch; batch_size is the global batch
     oov_dropout: float | None = None
     oov_dropout_substitute: str | None = None
     labels: list[str] | None = None
@@ -116,7 +121,8 @@ class HeldOutRecord(_Record):
     texts: int | None = None
     unk_rate: float | None = None
     remapped_rate: float | None = None
-    accuracy: float | None = None
+    accuracy: float | None = None  # a classifier's (the key every manifest has had; null for other tasks)
+    figures: dict = field(default_factory=dict, metadata=_INLINE)  # another task metric's figures (entity_f1, ...)
     cosine_to_full: dict | None = field(default=None, metadata=_OMIT_NONE)  # encoders only
     nearest_neighbour_agreement: float | None = field(default=None, metadata=_OMIT_NONE)
 
@@ -152,6 +158,7 @@ class Manifest(_Record):
     stages: list[dict] | None = None  # one record per post-export stage, as the stage writes it
     embedding_bytes: dict[str, dict] | None = None
     mobile: dict | None = field(default=None, metadata=_OMIT_NONE)  # ORT formats: the mobile usability report
+    string_input: dict | None = field(default=None, metadata=_OMIT_NONE)  # --tokenizer in-graph: plan and checks
     files: dict[str, dict] | None = None  # {name: {bytes, sha256}} of every other bundle file
     versions: dict[str, str | None] | None = None
 

@@ -46,11 +46,36 @@ class ModelSource:
         return self.path / "tokenizer.json"
 
     def read_config(self) -> dict:
-        return json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        return _read_json(self.path / "config.json")
 
     def read_tokenizer_config(self) -> dict:
         path = self.path / "tokenizer_config.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return _read_json(path) if path.is_file() else {}
+
+    def max_positions(self) -> int | None:
+        """The most tokens a text may have: the position table's rows (RoBERTa-style models number positions from
+        pad_token_id + 1); None when the config does not say."""
+        config = self.read_config()
+        rows = config.get("max_position_embeddings")
+        if not isinstance(rows, int) or isinstance(rows, bool):
+            return None
+        if config.get("model_type") in _OFFSET_POSITIONS:
+            rows -= (config.get("pad_token_id") or 0) + 1
+        return rows
+
+
+# model types whose position ids start after the padding id (transformers' create_position_ids_from_input_ids)
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "data2vec-text", "mpnet", "xmod"}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"{path} is not readable JSON ({exc.__class__.__name__}): is the model folder complete?") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is not a JSON object: is the model folder complete?")
+    return data
 
 
 def resolve_model(spec: str | None) -> ModelSource:
@@ -112,12 +137,15 @@ def _read_pooling(path: Path) -> Pooling | None:
     modules_file = path / "modules.json"
     if not modules_file.is_file():
         return None
-    modules = json.loads(modules_file.read_text(encoding="utf-8"))
-    pooling_dir = next((m["path"] for m in modules if m.get("type", "").endswith(".Pooling")), None)
+    try:
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        pooling_dir = next((m["path"] for m in modules if m.get("type", "").endswith(".Pooling")), None)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ModelError(f"{modules_file} is not a sentence-transformers module list") from None
     normalize = any(m.get("type", "").endswith(".Normalize") for m in modules)
     mode = "mean"
     if pooling_dir is not None and (path / pooling_dir / "config.json").is_file():
-        config = json.loads((path / pooling_dir / "config.json").read_text(encoding="utf-8"))
+        config = _read_json(path / pooling_dir / "config.json")
         modes = [key for key, on in config.items() if key.startswith("pooling_mode_") and on]
         if modes == ["pooling_mode_cls_token"]:
             mode = "cls"

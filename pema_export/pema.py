@@ -160,7 +160,8 @@ def load_partial_model(
             config = AutoConfig.from_pretrained(source.path, **label_kwargs, **kwargs)
             model, original_params, original_embedding_params = _build_sliced(auto, config, checkpoint, kept, seed, kwargs)
     except (ValueError, OSError) as exc:
-        raise ModelError(f"cannot load {source.name}: {str(exc).splitlines()[0]}") from None
+        hint = "; pass --trust-remote-code if you trust it" if "custom code" in str(exc) and not trust_remote_code else ""
+        raise ModelError(f"cannot load {source.name}: {str(exc).splitlines()[0]}{hint}") from None
     model.eval()
     if task.vocabulary_logits:
         _check_tied_head(model, kept, task)

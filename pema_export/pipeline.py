@@ -1,20 +1,22 @@
 """The export as a short sequence of named steps, each from data to data:
 
-prepare -> scan -> partial model -> train -> tokenizer -> export -> verify -> ship -> held out -> manifest -> commit
+prepare -> scan -> string input plan -> partial model -> train -> tokenizer -> export -> verify -> ship -> held out ->
+manifest -> commit
 
 ``run`` reads as that sequence; each step below is one function, its inputs the records earlier steps returned.
-Tokenization fidelity, which needs only the tokenizers, runs in a helper thread beside the export (``tokenizers``
-releases the GIL). Each step's wall seconds are logged and written to ``pema-timings.json`` (timings.py).
+In a data-parallel launch (accelerate launch, torchrun) every process runs the steps up to training; process 0
+alone goes on, the others return before anything is written. Tokenization fidelity, which needs only the
+tokenizers, runs in a helper thread beside the export (``tokenizers`` releases the GIL). Each step's wall seconds
+are logged and written to ``pema-timings.json`` beside the manifest (timings.py).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,8 +26,9 @@ from tokenizers import Tokenizer
 from pema_export import __version__
 from pema_export.budget import BudgetError
 from pema_export.bundle import StagedBundle, check_output_path
-from pema_export.corpus import check_corpus_paths, load_examples, read_corpus
-from pema_export.errors import CorpusError, TargetError
+from pema_export.corpus import check_corpus_paths, iter_texts, load_examples, read_corpus
+from pema_export.devices import Placement, resolve_placement, to_cpu_fp32
+from pema_export.errors import CorpusError, ModelError, TargetError, TrainingError
 from pema_export.export import export_onnx
 from pema_export.manifest import (
     CorpusRecord,
@@ -45,13 +48,15 @@ from pema_export.oov.heldout import full_vocabulary_vectors, heldout_report
 from pema_export.pema import PartialModel, check_save_full_dir, load_partial_model, map_ids, original_numbering_config, save_full_model
 from pema_export.profiles import Target, load_target
 from pema_export.scan import VocabScan, open_source, scan_vocabulary
+from pema_export.string_input import check_extensions
 from pema_export.stages import ModelShape, Shipped, ship, stage_names
+from pema_export.stages import string_input as string_input_stage
 from pema_export.stages.formats import format_of
-from pema_export.tasks import TASKS
+from pema_export.tasks import TASKS, Task, rounded
 from pema_export.tokenizers import original_tokenizer_json, prune_tokenizer, pruned_tokenizer_config, tokenizer_family, tokenizer_json_text
 from pema_export.timings import TIMINGS_NAME, Timings
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
-from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out, word_spans
+from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, split_held_out, word_spans
 from pema_export.verify import (
     PARITY_ATOL,
     PARITY_SAMPLE,
@@ -88,6 +93,7 @@ class ExportOptions:
     prior_lang: list[str] | None = None  # --prior-lang: their language(s); None: detected from the corpus
     max_bytes: int | None = None  # --max-bytes: the most beneficial vocabulary whose predicted bundle fits
     tail_row_bytes: int | None = None  # --tail-row-bytes: bytes per row of the compressed tail (--oov tail)
+    tokenizer: str | None = None  # --tokenizer: "in-graph" ships a model that takes strings; None: the profile's ("ids")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ class Plan:
     source: ModelSource
     tokenizer_json: dict
     original_tokenizer: Tokenizer
+    placement: Placement  # where training runs, and which process of a launch this is
 
 
 @dataclass(frozen=True)
@@ -146,29 +153,40 @@ class Verified:
     reference: OnnxReference  # the fp32 ONNX's outputs on the corpus sample, for the stages
 
 
-def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult:
-    """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``."""
+def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult | None:
+    """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``; None in the processes of
+    a launch other than process 0, which train and write nothing."""
     timings = Timings(log)
     with timings.step("prepare"):
         plan = prepare(options)
-    with timings.step("scan"):
-        vocabulary = scan(plan, log)
-    with timings.step("partial model"):
-        partial = partial_model(plan, vocabulary)
-    training = None
-    if vocabulary.labels is not None:
-        with timings.step("train"):
-            training = train(plan, vocabulary, partial, log)
-    # Everything is written to a staging folder and moved into place only after every check passed.
-    with StagedBundle(plan.out.parent) as staged, tempfile.TemporaryDirectory(prefix="pema-work-") as scratch:
+    if not plan.placement.processes.is_main:
+        return train_beside(plan)
+    # The output folder is claimed before any work (a second export to it is refused); everything, scratch files
+    # included, is written to its staging folder and moved into place only after every check passed. In a launch of
+    # several processes, process 0 claims it after training: a process that dies in training makes the launcher kill
+    # the rest, and a killed process 0 must not leave a staging folder behind.
+    launched = plan.placement.processes.count > 1
+    with ExitStack() as claimed:
+        staged = None if launched else claimed.enter_context(StagedBundle(plan.out.parent))
+        with timings.step("scan"):
+            vocabulary = scan(plan, log)
+        with timings.step("string input plan"):
+            text_plan = string_input_plan(plan, vocabulary, log)
+        with timings.step("partial model"):
+            partial = partial_model(plan, vocabulary)
+        training = None
+        if vocabulary.labels is not None:
+            with timings.step("train"):
+                training = train(plan, vocabulary, partial, log)
+        staged = staged or claimed.enter_context(StagedBundle(plan.out.parent))
         with timings.step("tokenizer"):
             tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
         with beside(timings, "fidelity", "export", lambda stop: fidelity(plan, vocabulary, tokenizers, staged, log, stop)) as checked:
             with timings.step("export"):
-                exported = export(plan, vocabulary, partial, Path(scratch), log)
+                exported = export(plan, vocabulary, partial, staged.work, log)
         with timings.step("parity"):
             verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, checked.result(), log)
-        shipped = ship_stages(plan, vocabulary, exported, verified, staged, Path(scratch), log, timings)
+        shipped = ship_stages(plan, vocabulary, exported, verified, text_plan, staged, staged.work, log, timings)
         with timings.step("held out"):
             heldout = held_out(plan, vocabulary, staged, log)
         with timings.step("manifest"):
@@ -200,22 +218,40 @@ def beside(timings: Timings, name: str, other: str, step: Callable[[Callable[[],
             raise
 
 
+def train_beside(plan: Plan) -> None:
+    """A process of a launch other than process 0: the same scan, partial model and training (its share of every
+    batch), silently; it never touches ``--out``."""
+    quiet = lambda message: None  # noqa: E731
+    vocabulary = scan(plan, quiet)
+    train(plan, vocabulary, partial_model(plan, vocabulary), quiet)
+    return None
+
+
 def prepare(options: ExportOptions) -> Plan:
     """Everything that can be checked cheaply, before any work starts; the model and its tokenizer opened."""
-    target = load_target(options.target, quantize=options.quantize)
+    target = load_target(options.target, quantize=options.quantize, tokenizer=options.tokenizer)
     out = Path(options.out)
     check_output_path(out)
     format_of(target).check_out(target.name, out)
     corpus_paths = check_corpus_paths(options.corpus)
     eval_paths = check_corpus_paths([options.eval_file]) if options.eval_file else []
-    resolve_device(options.train.device)
+    placement = resolve_placement(options.train.device, options.train.precision)
     if options.save_full:
         check_save_full_dir(Path(options.save_full))
     refusal = POLICIES[options.oov].refusal(TASKS[options.task]) if options.task and options.oov in POLICIES else None
     if refusal:
         raise TargetError(refusal.message)
+    if target.tokenizer == "in-graph":
+        check_extensions()  # one line when onnxruntime-extensions is missing or will not load
     source, tokenizer_json = open_source(options.model)
-    return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json))
+    positions = source.max_positions()
+    if positions is not None and options.max_length > positions:
+        raise ModelError(f"--max-length {options.max_length}: {source.name} has {positions} positions; use at most {positions}")
+    if target.tokenizer == "in-graph":
+        # what the ops cannot reproduce does not depend on the vocabulary: refuse it before reading the corpus
+        string_input_stage.plan_for(source.path, tokenizer_json, tokenizer_json, max_length=options.max_length)
+    return Plan(options, target, out, corpus_paths, eval_paths, source, tokenizer_json, open_tokenizer(source.tokenizer_json),
+                placement)
 
 
 def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
@@ -239,7 +275,19 @@ def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
         log(f"--task {found.task.name}: the corpus labels are ignored (no fine-tuning of the {found.task.head})")
     if 0 < summary.labelled < summary.texts:
         load_examples(plan.corpus_paths)  # raises, naming the first unlabelled text
-    return Vocabulary(found, applied, _labels(summary.labels) if trains else None)
+    return Vocabulary(found, applied, _labels(found.task, summary.labels) if trains else None)
+
+
+def string_input_plan(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None]):
+    """--tokenizer in-graph: the in-graph tokenizer planned for the tokenizer.json the bundle will ship (pruned or
+    original), before any training, so a refusal costs nothing; None otherwise."""
+    if plan.target.tokenizer != "in-graph":
+        return None
+    shipped = _tokenizer_jsons(plan, vocabulary).shipped_json
+    text_plan = string_input_stage.plan_for(plan.source.path, plan.tokenizer_json, shipped, max_length=plan.options.max_length)
+    log(f"--tokenizer in-graph: {text_plan.family} with {', '.join(text_plan.ops)} (onnxruntime-extensions), exact on "
+        "every corpus and --eval text or the export fails")
+    return text_plan
 
 
 def partial_model(plan: Plan, vocabulary: Vocabulary) -> PartialModel:
@@ -249,28 +297,43 @@ def partial_model(plan: Plan, vocabulary: Vocabulary) -> PartialModel:
 
 
 def train(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, log: Callable[[str], None]) -> TrainingRecord | None:
-    """Fine-tune the partial model in place on the corpus's labels; None when it has none to train on."""
+    """Fine-tune the partial model in place on the corpus's labels, where ``plan.placement`` says; it comes back on
+    the CPU in fp32 for every later step. None when the corpus has no labels to train on."""
     if vocabulary.labels is None:
         return None
-    options = plan.options
+    options, task = plan.options, vocabulary.scan.task
+    train_options = options.train.resolved(task.epochs, task.lr)
     rate = vocabulary.scan.oov_dropout if options.train.oov_dropout is None else options.train.oov_dropout
     dropout = vocabulary.applied.dropout(rate, vocabulary.kept, unk_token_id(plan.tokenizer_json))
     train_set, eval_set = _training_sets(plan, vocabulary, log)
-    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {options.train.epochs} epochs")
-    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), options.train, dropout=dropout,
-                       metric=vocabulary.scan.task.metric)
-    log(f"held-out accuracy {report.eval_accuracy:.4f} after {report.epochs} epochs ({report.seconds:.0f} s)")
+    placement = plan.placement
+    log(f"fine-tuning on {len(train_set)} texts, {len(eval_set)} held out, {train_options.epochs} epochs at lr "
+        f"{train_options.lr:g} {_where(placement, options.train.batch_size)}")
+    metric, labels = task.metric, vocabulary.labels
+    # one progress bar for a launch: process 0's
+    train_options = replace(train_options, progress=train_options.progress and placement.processes.is_main)
+    report = fine_tune(partial.model, train_set, eval_set, _pad_id(partial.model.config), train_options, dropout=dropout,
+                       metric=lambda predicted, targets: metric(predicted, targets, labels))
+    # The one hand-over: whatever device and precision trained it, every later step (the policy's transform, export,
+    # parity reference, held-out figures, --save-full) gets the model on the CPU in fp32.
+    to_cpu_fp32(partial.model)
+    if not all(bool(p.isfinite().all()) for p in partial.model.parameters()):
+        raise TrainingError(f"fine-tuning diverged: the weights are no longer finite after training at --lr "
+                            f"{train_options.lr:g}; lower --lr")
+    log(f"held-out {metric.describe(report.eval_figures)} after {report.epochs} epochs ({report.seconds:.0f} s)")
+    evaluation = {f"eval_{name}": value for name, value in rounded(report.eval_figures).items()}
+    evaluation[f"eval_{metric.name}_per_epoch"] = [round(value, 6) for value in report.eval_accuracy_per_epoch]
     return TrainingRecord(
         epochs=report.epochs,
         train_size=report.train_size,
         eval_size=report.eval_size,
         eval_source="--eval file" if plan.eval_paths else f"stratified {options.eval_split:.0%} split of the corpus",
-        eval_accuracy=round(report.eval_accuracy, 6),
-        eval_accuracy_per_epoch=[round(a, 6) for a in report.eval_accuracy_per_epoch],
-        lr=options.train.lr,
+        evaluation=evaluation,
+        lr=train_options.lr,
         batch_size=options.train.batch_size,
         max_length=options.max_length,
         seed=options.train.seed,
+        **_placement_record(report.placement),
         oov_dropout=dropout.rate if dropout else 0.0,
         oov_dropout_substitute=dropout.substitute_name if dropout else None,
         labels=vocabulary.labels,
@@ -281,8 +344,8 @@ def write_tokenizer(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, s
     """tokenizer.json, tokenizer_config.json, config.json (and a SentencePiece model) in the numbering the bundle
     ships: the kept ids 0..k-1, or the original ids when the policy keeps them."""
     kept, original_numbering = vocabulary.kept, vocabulary.scan.policy.ships_original_numbering
-    pruned_json = prune_tokenizer(plan.tokenizer_json, kept.kept_ids)
-    shipped_json = original_tokenizer_json(plan.tokenizer_json) if original_numbering else pruned_json
+    tokenizers = _tokenizer_jsons(plan, vocabulary)
+    pruned_json, shipped_json = tokenizers.pruned_json, tokenizers.shipped_json
     staged.path("tokenizer.json").write_text(tokenizer_json_text(shipped_json), encoding="utf-8")
     if original_numbering:
         shipped_id_map = {int(i): int(i) for i in range(kept.original_size)}
@@ -295,7 +358,13 @@ def write_tokenizer(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, s
     staged.path("tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2, ensure_ascii=False), encoding="utf-8")
     config = original_numbering_config(partial.model.config, kept) if original_numbering else partial.model.config
     config.to_json_file(str(staged.path("config.json")))
-    return Tokenizers(pruned_json, shipped_json)
+    return tokenizers
+
+
+def _tokenizer_jsons(plan: Plan, vocabulary: Vocabulary) -> Tokenizers:
+    pruned_json = prune_tokenizer(plan.tokenizer_json, vocabulary.kept.kept_ids)
+    original_numbering = vocabulary.scan.policy.ships_original_numbering
+    return Tokenizers(pruned_json, original_tokenizer_json(plan.tokenizer_json) if original_numbering else pruned_json)
 
 
 def export(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, work: Path, log: Callable[[str], None]) -> Exported:
@@ -342,12 +411,19 @@ def _checked_tokenizer(vocabulary: Vocabulary, tokenizers: Tokenizers, staged: S
     return tokenizers.pruned_json if vocabulary.scan.policy.ships_original_numbering else staged.path("tokenizer.json")
 
 
-def ship_stages(plan: Plan, vocabulary: Vocabulary, exported: Exported, verified: Verified, staged: StagedBundle, work: Path,
-                log: Callable[[str], None], timings: Timings | None = None) -> Shipped:
-    """The target's stages (and the policy's graph stages), each checked against the fp32 ONNX; the files staged."""
+def ship_stages(plan: Plan, vocabulary: Vocabulary, exported: Exported, verified: Verified, text_plan, staged: StagedBundle,
+                work: Path, log: Callable[[str], None], timings: Timings | None = None) -> Shipped:
+    """The target's stages (and the policy's graph stages, and the string input), each checked against the fp32 ONNX;
+    the files staged."""
     log(f"building the {plan.target.name} bundle: {stage_names(plan.target)}, each checked against the fp32 ONNX")
+    graph_stages = vocabulary.applied.graph_stages()
+    if text_plan is not None:
+        # padded as the stages' reference pads (the exported model's pad id, in the ids it takes)
+        text_plan = replace(text_plan, pad_id=_pad_id(exported.model.config))
+        graph_stages = (*graph_stages, string_input_stage.StringInput(
+            text_plan, corpus_texts=lambda: iter_texts(plan.corpus_paths), heldout_texts=tuple(iter_texts(plan.eval_paths)) if plan.eval_paths else ()))
     return ship(plan.target, exported.fp32, ModelShape.from_config(exported.model.config), verified.reference, staged,
-                plan.out, work, log, vocabulary.applied.graph_stages(), timings=timings)
+                plan.out, work, log, graph_stages, timings=timings)
 
 
 def held_out(plan: Plan, vocabulary: Vocabulary, staged: StagedBundle, log: Callable[[str], None]) -> HeldOutRecord | None:
@@ -364,15 +440,23 @@ def held_out(plan: Plan, vocabulary: Vocabulary, staged: StagedBundle, log: Call
     tokenizer.enable_truncation(max_length)
     unk_id, dropped_ids = vocabulary.scan.policy.heldout_ids(vocabulary.kept, unk_token_id(plan.tokenizer_json))
     model_name = format_of(plan.target).loaded_name(plan.out)
-    label_ids = {label: i for i, label in enumerate(labels)} if labels else None
+    task = vocabulary.scan.task
+    targets = None
+    if labels:
+        # the targets as the shipped tokenizer splits the texts (a word the corpus never had may split differently)
+        label_ids = {label: i for i, label in enumerate(labels)}
+        targets = [task.targets(e, enc, label_ids) for e, enc in zip(examples, tokenizer.encode_batch(texts))]
     report = heldout_report(
-        staged.path(model_name), tokenizer, texts, [label_ids[e.label] for e in examples] if label_ids else None,
-        vocabulary.scan.task, unk_id=unk_id, dropped_ids=dropped_ids,
+        staged.path(model_name), tokenizer, texts, targets, task, label_names=labels, unk_id=unk_id, dropped_ids=dropped_ids,
         full_vectors=full_vocabulary_vectors(plan.source, texts, max_length) if encoder else None,
+        text_input=plan.target.tokenizer == "in-graph",
     )
     record = report.as_manifest(plan.eval_paths[0].name, model_name)
-    figure = (f"cosine to the full model {record.cosine_to_full['mean']:.4f} (mean), nearest-neighbour agreement "
-              f"{record.nearest_neighbour_agreement:.3f}" if encoder else f"accuracy {record.accuracy}")
+    if encoder:
+        figure = (f"cosine to the full model {record.cosine_to_full['mean']:.4f} (mean), nearest-neighbour agreement "
+                  f"{record.nearest_neighbour_agreement:.3f}")
+    else:
+        figure = task.metric.describe(report.score.figures) if report.score else "no labels"
     log(f"held-out ({record.file}): UNK rate {record.unk_rate}, {record.model}: {figure}")
     return record
 
@@ -407,6 +491,7 @@ def build_manifest(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, tr
         stages=shipped.stages,
         embedding_bytes=shipped.embedding_bytes,
         mobile=shipped.mobile,
+        string_input=shipped.string_input,
         files=staged.file_entries(),
         versions=_versions(),
     )
@@ -444,31 +529,51 @@ def _check_max_bytes(staged: StagedBundle, max_bytes: int, predicted: int | None
         )
 
 
-def _labels(seen: set[str]) -> list[str]:
-    labels = sorted(seen)
+def _labels(task: Task, seen: set[str]) -> list[str]:
+    labels = task.label_names(seen)
     if len(labels) < 2:
         raise CorpusError(f"the corpus has a single label {labels[0]!r}: a classifier needs at least two classes")
     return labels
 
 
+def _where(placement: Placement, batch_size: int) -> str:
+    """'on cuda:0 (--device auto: ...) in bf16, 2 processes sharing each batch of 16' for the log."""
+    why = "" if placement.reason == f"--device {placement.device}" else f" ({placement.reason})"
+    count = placement.processes.count
+    return f"on {placement.device}{why} in {placement.precision}" + (f", {count} processes sharing each batch of {batch_size}" if count > 1 else "")
+
+
+def _placement_record(placement: Placement) -> dict:
+    return dict(device=str(placement.device), device_reason=placement.reason, precision=placement.precision,
+                processes=placement.processes.count)
+
+
 def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None]) -> tuple[EncodedSet, EncodedSet]:
     """The corpus split into train and held-out sets (or the --eval file as held out), encoded in the kept ids."""
-    labels, options = vocabulary.labels, plan.options
-    examples = load_examples(plan.corpus_paths)
+    labels, options, task = vocabulary.labels, plan.options, vocabulary.scan.task
+    tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
+    examples = _training_examples(plan.corpus_paths, task, tokenizer, options.max_length)
     if plan.eval_paths:
-        train_examples, eval_examples = examples, load_examples(plan.eval_paths)
-        unknown = sorted({e.label for e in eval_examples} - set(labels))
+        train_examples, eval_examples = examples, _training_examples(plan.eval_paths, task, tokenizer, options.max_length)
+        if all(e.label_kind is None for e in eval_examples):
+            raise CorpusError(f"--eval {plan.eval_paths[0]} is unlabelled: a {task.name} model is scored on labelled "
+                              "texts (label<TAB>text, a label column, or tagged tokens)")
+        if {e.label_kind for e in eval_examples} != {task.label_kind}:
+            raise CorpusError(f"--eval file {plan.eval_paths[0]} does not carry the corpus's kind of labels ({task.label_kind})")
+        known = {value for e in examples for value in e.label_values}
+        unknown = sorted({value for e in eval_examples for value in e.label_values} - known)
         if unknown:
             raise CorpusError(f"--eval file has labels the corpus does not: {', '.join(map(repr, unknown))}")
     else:
-        train_idx, eval_idx = split_held_out([e.label for e in examples], options.eval_split, options.train.seed)
-        once = labels_seen_once([e.label for e in examples])
+        # texts labelled as a whole are split stratified by label; sentences with entities as one group
+        strata = [e.label for e in examples]
+        train_idx, eval_idx = split_held_out(strata, options.eval_split, options.train.seed)
+        once = labels_seen_once([label for label in strata if label is not None])
         if once:
             log(f"labels with a single text are trained on but not held out: {', '.join(map(repr, once))}")
         train_examples, eval_examples = [examples[i] for i in train_idx], [examples[i] for i in eval_idx]
-    tokenizer = open_tokenizer(json.loads(plan.original_tokenizer.to_str()))
     tokenizer.enable_truncation(options.max_length)
-    label_ids, targets = {label: i for i, label in enumerate(labels)}, vocabulary.scan.task.targets
+    label_ids, targets = {label: i for i, label in enumerate(labels)}, task.targets
 
     def encode(batch) -> EncodedSet:
         encodings = tokenizer.encode_batch([e.text for e in batch])
@@ -477,6 +582,21 @@ def _training_sets(plan: Plan, vocabulary: Vocabulary, log: Callable[[str], None
                           word_spans=[word_spans(enc.word_ids) for enc in encodings])
 
     return encode(train_examples), encode(eval_examples)
+
+
+def _training_examples(paths: list[Path], task: Task, tokenizer: Tokenizer, max_length: int) -> list:
+    """The labelled examples of ``paths``; where every piece is labelled (Task.labels_per_token), a text over
+    --max-length is refused: truncating it would drop labels silently."""
+    examples = load_examples(paths)
+    if task.labels_per_token:
+        for example, encoding in zip(examples, tokenizer.encode_batch([e.text for e in examples])):
+            if len(encoding.ids) > max_length:
+                raise CorpusError(
+                    f"{example.origin or repr(example.text[:60])}: the sentence is {len(encoding.ids)} pieces (special "
+                    f"tokens included), over --max-length {max_length}; its last words would lose their labels: split "
+                    "it, or raise --max-length"
+                )
+    return examples
 
 
 def _pad_id(config) -> int:

@@ -20,6 +20,8 @@ QUANTIZE = ("none", "int8", "fp16")
 ORT_OPTIMIZATION_STYLES = ("Fixed", "Runtime")
 ORT_TARGET_PLATFORMS = ("arm", "amd64")
 GUIDANCE_EPS = ("nnapi", "coreml")
+# where the app's text becomes ids: the app runs tokenizer.json ("ids"), or the model does (docs/string-input.md)
+TOKENIZERS = ("ids", "in-graph")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Target:
     ort_target_platform: str = "arm"
     guidance: tuple[str, ...] = ()  # mobile EPs whose partitioning the manifest explains
     max_bytes: int | None = None  # the bundle's size budget; `pema-export check` enforces it
+    tokenizer: str = "ids"  # --tokenizer: "in-graph" ships a model that takes strings (stages/string_input.py)
 
     def with_quantize(self, quantize: str | None) -> "Target":
         """The profile with ``--quantize`` applied; a number format the target cannot take is refused by name."""
@@ -48,6 +51,16 @@ class Target:
                 f"target {self.name} cannot take --quantize {quantize} (it takes {', '.join(self.quantize_allowed)})"
             )
         return replace(self, quantize=quantize)
+
+    def with_tokenizer(self, tokenizer: str | None) -> "Target":
+        """The profile with ``--tokenizer`` applied; refused in one line where the target's app cannot take it."""
+        chosen = replace(self, tokenizer=tokenizer) if tokenizer is not None else self
+        if chosen.tokenizer not in TOKENIZERS:
+            raise TargetError(f"--tokenizer {chosen.tokenizer!r} must be one of {', '.join(TOKENIZERS)}")
+        refusal = FORMATS[chosen.format].in_graph_tokenizer_refusal
+        if chosen.tokenizer == "in-graph" and refusal:
+            raise TargetError(f"--tokenizer in-graph cannot serve the {chosen.name} target: {refusal}; use --tokenizer ids")
+        return chosen
 
     def as_manifest(self) -> dict:
         entry = {
@@ -63,6 +76,8 @@ class Target:
             entry["guidance"] = list(self.guidance)
         if self.max_bytes is not None:
             entry["max_bytes"] = self.max_bytes
+        if self.tokenizer != "ids":  # bundles with the default keep the manifest bytes they always had
+            entry["tokenizer"] = self.tokenizer
         return entry
 
 
@@ -83,6 +98,7 @@ _KEYS = {
     "ort_target_platform": (str, lambda v: v in ORT_TARGET_PLATFORMS, f"one of {', '.join(ORT_TARGET_PLATFORMS)}"),
     "guidance": (list, _is_str_list(GUIDANCE_EPS), f"a list of {', '.join(GUIDANCE_EPS)}"),
     "max_bytes": (int, lambda v: v > 0, "a positive integer (bytes)"),
+    "tokenizer": (str, lambda v: v in TOKENIZERS, f"one of {', '.join(TOKENIZERS)}"),
 }
 # key -> the format that alone takes it
 _FORMAT_KEYS = {key: fmt.name for fmt in FORMATS.values() for key in fmt.profile_keys}
@@ -93,9 +109,9 @@ def builtin_targets() -> dict[str, Path]:
     return {entry.name.removesuffix(".toml"): Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".toml")}
 
 
-def load_target(name_or_path: str, quantize: str | None = None) -> Target:
-    """A built-in profile by name, or a profile file by path, with ``--quantize`` applied; unknown names and
-    malformed keys are named."""
+def load_target(name_or_path: str, quantize: str | None = None, tokenizer: str | None = None) -> Target:
+    """A built-in profile by name, or a profile file by path, with ``--quantize`` and ``--tokenizer`` applied;
+    unknown names and malformed keys are named."""
     builtin = builtin_targets()
     if name_or_path in builtin:
         path = builtin[name_or_path]
@@ -109,7 +125,7 @@ def load_target(name_or_path: str, quantize: str | None = None) -> Target:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TargetError(f"target profile {path} is not valid TOML: {exc}") from None
-    return parse_target(data, str(path)).with_quantize(quantize)
+    return parse_target(data, str(path)).with_quantize(quantize).with_tokenizer(tokenizer)
 
 
 def parse_target(data: dict, source: str) -> Target:

@@ -37,7 +37,12 @@ class BundleUnderTest:
         )
 
     def assert_within(self, budget=None, baseline=None, tolerance: str | float = 0.0) -> None:
-        violations = self.violations(budget, baseline, tolerance)
+        from pema_export.errors import PemaError
+
+        try:
+            violations = self.violations(budget, baseline, tolerance)
+        except PemaError as exc:  # a missing, half-written or mixed bundle, a bad budget: one line, as on the CLI
+            pytest.fail(f"pema-export: {exc}", pytrace=False)
         if violations:
             pytest.fail(f"bundle {self.bundle_dir} is over budget:\n" + "\n".join(violations), pytrace=False)
 

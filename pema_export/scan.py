@@ -22,10 +22,11 @@ from pema_export.oov.prior import PriorWords, check_languages, detect_languages
 from pema_export.oov.prior import prior_words as oov_prior_words
 from pema_export.profiles import Target, load_target
 from pema_export.stages import graph_bytes_per_layer, predicted_model_files
+from pema_export.stages import string_input as string_input_stage
 from pema_export.stages.formats import format_of
 from pema_export.stages.quantize import weight_bytes
 from pema_export.tasks import Task, resolve_task, transformers_class
-from pema_export.tokenizers import check_supported, prune_tokenizer, token_closure, tokenizer_json_text
+from pema_export.tokenizers import check_supported, original_tokenizer_json, prune_tokenizer, token_closure, tokenizer_json_text
 from pema_export.vocab import (
     KeptVocab,
     TokenCounts,
@@ -87,6 +88,7 @@ class ScanOptions:
     prior_lang: list[str] | None = None
     heldout: str | None = None  # texts the corpus does not contain: their UNK rate is reported
     tail_row_bytes: int | None = None
+    tokenizer: str | None = None  # --tokenizer: "in-graph" counts the tokenizer in the model files
 
 
 def open_source(model: str | None) -> tuple[ModelSource, dict]:
@@ -100,7 +102,7 @@ def open_source(model: str | None) -> tuple[ModelSource, dict]:
 def scan_report(options: ScanOptions) -> dict:
     """Tokenize the corpus only (no training): the kept vocabulary and the predicted bundle bytes for the target,
     and the held-out UNK rate; what ``pema-export scan --json`` prints."""
-    target = load_target(options.target, quantize=options.quantize)
+    target = load_target(options.target, quantize=options.quantize, tokenizer=options.tokenizer)
     corpus_paths = check_corpus_paths(options.corpus)
     heldout_paths = check_corpus_paths([options.heldout]) if options.heldout else []
     source, tokenizer_json = open_source(options.model)
@@ -108,7 +110,7 @@ def scan_report(options: ScanOptions) -> dict:
                            oov=options.oov, max_vocab=options.max_vocab, prior_words=options.prior_words,
                            prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=target,
                            tail_row_bytes=options.tail_row_bytes)
-    prediction = bundle_predictor(source, tokenizer_json, scan.task, scan.summary.num_labels, target, scan.policy)(scan.kept)
+    prediction = bundle_predictor(source, tokenizer_json, scan.task, head_classes(scan.task, scan.summary), target, scan.policy)(scan.kept)
     report = {
         "model": source.name,
         "target": target.name,
@@ -201,7 +203,7 @@ def scan_vocabulary(
             raise ValueError("max_bytes needs the target whose bundle it bounds")
         max_vocab, predicted = fit_max_bytes(
             max_bytes, choose,
-            bundle_bytes_predictor(source, tokenizer_json, resolved, summary.num_labels, target, get_policy(oov, settings)),
+            bundle_bytes_predictor(source, tokenizer_json, resolved, head_classes(resolved, summary), target, get_policy(oov, settings)),
             max_vocab,
         )
     kept = choose(max_vocab)
@@ -219,12 +221,19 @@ def embedding_width(config: dict) -> int:
     return width
 
 
+def head_classes(task: Task, summary: CorpusSummary) -> int | None:
+    """The classes the task's head predicts from the corpus's labels (a token classifier: O, B- and I- per entity
+    type); None for an unlabelled corpus."""
+    return len(task.label_names(summary.labels)) if summary.label_kind else None
+
+
 def bundle_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,
                      policy: OovPolicy):
     """kept -> predicted sizes of the bundle ``policy`` makes (what it ships instead of the pruned tokenizer counts
     as its tokenizer bytes)."""
     policy_bytes = policy.bytes_predictor(tokenizer_json)
-    return lambda kept: predict_sizes(source, tokenizer_json, kept, task, num_labels, target, policy_bytes)
+    return lambda kept: predict_sizes(source, tokenizer_json, kept, task, num_labels, target, policy_bytes,
+                                      original_numbering=policy.ships_original_numbering)
 
 
 def bundle_bytes_predictor(source: ModelSource, tokenizer_json: dict, task: Task, num_labels: int | None, target: Target,
@@ -299,12 +308,14 @@ class SizePrediction:
 
 
 def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, task: Task, num_labels: int | None,
-                  target: Target, policy_bytes: Callable[[KeptVocab, list], PolicyBytes] | None = None) -> SizePrediction:
+                  target: Target, policy_bytes: Callable[[KeptVocab, list], PolicyBytes] | None = None, *,
+                  original_numbering: bool = False) -> SizePrediction:
     """Predict the bundle's bytes from the architecture's parameter shapes (the task's ``size_class`` over
     ``num_labels`` when the corpus gives them, built on the meta device: no weights are read) and the model files
     the target's stages ship (their number formats and graph kinds); the tokenizer is pruned for real, so its bytes
     are exact. ``policy_bytes`` (an OOV policy's bytes_predictor): what the policy ships instead of the pruned
-    tokenizer or adds to the model files."""
+    tokenizer or adds to the model files. ``original_numbering``: the bundle ships the original tokenizer.json (an
+    in-graph tokenizer, --tokenizer in-graph, then holds the original vocabulary)."""
     import torch
     from transformers import AutoConfig
 
@@ -321,7 +332,15 @@ def predict_sizes(source: ModelSource, tokenizer_json: dict, kept: KeptVocab, ta
     model_bytes = sum(weight_bytes(model, graph.precision, skip) + graph_bytes_per_layer(graph) * layers for graph in graphs)
     added = policy_bytes(kept, graphs) if policy_bytes is not None else PolicyBytes(tokenizer=None)
     tokenizer_bytes = added.tokenizer
+    pruned = None
     if tokenizer_bytes is None:
-        tokenizer_bytes = len(tokenizer_json_text(prune_tokenizer(tokenizer_json, kept.kept_ids)).encode("utf-8"))
-    return SizePrediction(model_bytes=model_bytes + added.model, tokenizer_bytes=tokenizer_bytes,
-                          other_bytes=format_of(target).metadata_bytes + added.metadata)
+        pruned = prune_tokenizer(tokenizer_json, kept.kept_ids)
+        tokenizer_bytes = len(tokenizer_json_text(pruned).encode("utf-8"))
+    in_graph = [graph for graph in graphs if graph.string_input]
+    if in_graph:  # the tokenizer graph, built for real for the shipped vocabulary (stages/string_input.py)
+        shipped = original_tokenizer_json(tokenizer_json) if original_numbering else (
+            pruned if pruned is not None else prune_tokenizer(tokenizer_json, kept.kept_ids))
+        text_plan = string_input_stage.plan_for(source.path, tokenizer_json, shipped, max_length=128)
+        model_bytes += sum(string_input_stage.predicted_bytes(text_plan, graph.kind) for graph in in_graph)
+    metadata_bytes = format_of(target).metadata_bytes + added.metadata + (string_input_stage.MANIFEST_BYTES if in_graph else 0)
+    return SizePrediction(model_bytes=model_bytes + added.model, tokenizer_bytes=tokenizer_bytes, other_bytes=metadata_bytes)

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pema_export.bundle import MANIFEST_NAME
+from pema_export.bundle import MANIFEST_NAME, check_complete, is_staging
 from pema_export.timings import TIMINGS_NAME
 from pema_export.manifest import Manifest
 
@@ -124,10 +124,14 @@ def bundle_report(bundle_dir: str | Path) -> SizeReport:
     from pema_export.errors import OutputError
 
     if not bundle_dir.is_dir():
-        raise OutputError(f"bundle folder not found: {bundle_dir}")
+        raise OutputError(f"bundle folder not found: {bundle_dir}" if not bundle_dir.exists() else
+                          f"{bundle_dir} is not a folder: pass the bundle's folder")
+    # a half-moved or mixed bundle is refused here rather than measured (bundle.py: the move into place)
+    check_complete(bundle_dir)
     files = []
+    # staging folders of running (or killed) exports are not part of the bundle, nor the export's timings
     for path in sorted(p for p in bundle_dir.rglob("*")
-                       if p.is_file() and not p.name.startswith(".pema-staging") and p.name != TIMINGS_NAME):
+                       if p.is_file() and not is_staging(p, bundle_dir) and p.name != TIMINGS_NAME):
         data = path.read_bytes()
         breakdown = model_breakdown(path) if path.suffix in MODEL_SUFFIXES else None
         files.append(FileSize(str(path.relative_to(bundle_dir)), len(data), deflate_size(data), breakdown))
@@ -145,7 +149,12 @@ def deflate_size(data: bytes) -> int:
 
 
 def model_breakdown(path: Path) -> ModelBreakdown:
-    initializers, consumers = _read_ort(path) if path.suffix == ".ort" else _read_onnx(path)
+    from pema_export.errors import OutputError
+
+    try:
+        initializers, consumers = _read_ort(path) if path.suffix == ".ort" else _read_onnx(path)
+    except Exception as exc:  # protobuf and flatbuffers raise their own types for a file that is not a model
+        raise OutputError(f"{path} is not a readable {path.suffix[1:].upper()} model ({exc.__class__.__name__})") from None
     parts = {part: 0 for part in PARTS}
     parts_deflate = {part: 0 for part in PARTS}
     for initializer in initializers:

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from pema_export.errors import OutputError
 from pema_export.size import SizeReport
+
+
+def check_plot_path(out: str | Path) -> Path:
+    """Fail before the report is measured when ``--plot`` names a format matplotlib cannot write, or a folder that
+    does not exist or cannot be written."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix.lower().lstrip(".") not in formats:
+        raise OutputError(f"--plot {out}: unknown image format {out.suffix or '(no extension)'}; use .png, .svg or .pdf")
+    folder = out.parent
+    if out.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"--plot {out}: cannot write there" + ("" if folder.is_dir() else f" ({folder} is not a folder)"))
+    return out
 
 
 def plot_report(report: SizeReport, out: str | Path) -> Path:
@@ -42,6 +59,10 @@ def plot_report(report: SizeReport, out: str | Path) -> Path:
         curve.grid(alpha=0.3)
     figure.tight_layout()
     out = Path(out)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
+    try:
+        figure.savefig(out, dpi=110)
+    except OSError as exc:
+        raise OutputError(f"--plot {out}: cannot write it ({exc.strerror})") from None
+    finally:
+        plt.close(figure)
     return out

@@ -20,7 +20,7 @@ TIMINGS_NAME = "pema-timings.json"
 
 # The steps up to and including training; every later step is post-training time, except one that ran beside
 # another (fidelity beside export), which is recorded with its own wall time but not added to the total.
-UP_TO_TRAINING = ("prepare", "scan", "partial model", "train")
+UP_TO_TRAINING = ("prepare", "scan", "string input plan", "partial model", "train")
 
 
 class Timings:

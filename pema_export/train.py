@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -13,32 +14,46 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from pema_export.devices import Placement, Replicas, resolve_placement
+from pema_export.entities import IGNORED
 from pema_export.errors import CorpusError, PemaError
-from pema_export.tasks import accuracy
+from pema_export.tasks import Score, accuracy
+
+
+# The loop's defaults; a task may set its own (tasks.Task.epochs, .lr). Why 5 at 1e-4: see cli/export.py.
+DEFAULT_EPOCHS = 5
+DEFAULT_LR = 1e-4
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    epochs: int = 5  # the CLI's defaults; why: see cli/export.py
-    lr: float = 1e-4
-    batch_size: int = 16
+    epochs: int | None = None  # None: the task's default, else DEFAULT_EPOCHS
+    lr: float | None = None  # None: the task's default, else DEFAULT_LR
+    batch_size: int = 16  # texts per optimizer step over all processes of a launch (devices.Replicas)
     weight_decay: float = 0.01  # never applied to embeddings, biases or LayerNorm (see README: PEMA and decay)
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (devices.resolve_placement)
+    precision: str | None = "fp32"  # fp32, bf16 or fp16 autocast over fp32 weights; None: what accelerate launch says
     progress: bool = False
     # share of corpus words replaced by what an unseen word becomes (docs/oov.md); None: what the --oov policy
     # brings (0.1 under --oov auto for a labelled corpus, else 0)
     oov_dropout: float | None = None
 
+    def resolved(self, epochs: int | None = None, lr: float | None = None) -> "TrainOptions":
+        """These options with epochs and lr given: as set, else ``epochs``/``lr`` (a task's defaults), else the
+        loop's."""
+        return replace(self, epochs=self.epochs or epochs or DEFAULT_EPOCHS, lr=self.lr or lr or DEFAULT_LR)
+
 
 @dataclass(frozen=True)
 class EncodedSet:
-    """Token ids (already in the pruned numbering) and integer labels."""
+    """Token ids (already in the pruned numbering) and labels: a class index per text, or per piece (-100 where the
+    loss ignores it)."""
 
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: list[int] | list[list[int]]
     word_spans: list[list[tuple[int, int]]] | None = None  # [start, end) token positions of each word, for --oov-dropout
 
     def __len__(self) -> int:
@@ -50,29 +65,14 @@ class TrainReport:
     epochs: int
     train_size: int
     eval_size: int
-    eval_accuracy_per_epoch: list[float] = field(default_factory=list)
+    eval_accuracy_per_epoch: list[float] = field(default_factory=list)  # the task metric's value (accuracy, entity F1)
+    eval_figures: dict = field(default_factory=dict)  # the metric's figures after the last epoch (tasks.Score.figures)
     seconds: float = 0.0
+    placement: Placement | None = None  # where it trained: device, why, precision, processes
 
     @property
     def eval_accuracy(self) -> float | None:
         return self.eval_accuracy_per_epoch[-1] if self.eval_accuracy_per_epoch else None
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda`` (``cuda:N``), checked before any work so a missing GPU is one clear line, not a trace."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise PemaError(f"--device {name}: unknown device; use cpu or cuda") from None
-    if device.type not in ("cpu", "cuda"):
-        raise PemaError(f"--device {name}: unsupported; use cpu or cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            build = f"torch {torch.__version__} has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise PemaError(f"--device {name}: {build}; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise PemaError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    return device
 
 
 def labels_seen_once(labels: Sequence[str]) -> list[str]:
@@ -117,72 +117,141 @@ def word_spans(word_ids: Sequence[int | None]) -> list[tuple[int, int]]:
     return spans
 
 
-def drop_words(ids: list[int], spans: list[tuple[int, int]], rate: float, substitute, rng: random.Random) -> list[int]:
-    """``ids`` with each word replaced, with probability ``rate``, by ``substitute(its ids)``."""
-    out, position = [], 0
+def drop_words(ids: list[int], spans: list[tuple[int, int]], rate: float, substitute, rng: random.Random,
+               labels: list[int] | None = None) -> list[int] | tuple[list[int], list[int]]:
+    """``ids`` with each word replaced, with probability ``rate``, by ``substitute(its ids)``.
+
+    With per-piece ``labels``, (ids, labels): a replaced word's label rides on the substitute's first piece. A word
+    whose pieces carry more than one label (an entity boundary inside it) is kept: one substitute cannot carry
+    both."""
+    out, out_labels, position = [], [], 0
     for start, end in spans:
         if rng.random() < rate:
-            out += ids[position:start] + list(substitute(ids[start:end]))
+            carried = [label for label in labels[start:end] if label != IGNORED] if labels is not None else []
+            if len(carried) > 1:
+                continue
+            replacement = list(substitute(ids[start:end]))
+            out += ids[position:start] + replacement
+            if labels is not None:
+                out_labels += labels[position:start] + (carried or [IGNORED]) + [IGNORED] * (len(replacement) - 1)
             position = end
-    return out + ids[position:]
+    if labels is None:
+        return out + ids[position:]
+    return out + ids[position:], out_labels + labels[position:]
 
 
 def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad_id: int, options: TrainOptions,
-              dropout=None, metric: Callable[[Sequence, Sequence], float] = accuracy) -> TrainReport:
-    """AdamW with linear warm-up/decay and gradient clipping; the task's held-out ``metric`` after each epoch.
+              dropout=None, metric: Callable[[Sequence, Sequence], Score] = accuracy) -> TrainReport:
+    """AdamW with linear warm-up/decay and gradient clipping; the task's held-out ``metric`` after each epoch
+    (``metric(predicted, labels)``, its label names bound).
+
+    Trains on ``options.device`` in ``options.precision`` (autocast over fp32 weights; fp16 with loss scaling), in
+    one process or, under accelerate launch / torchrun, data-parallel: every process draws the same global batches
+    and runs its share of each. ``model`` is trained in place and left on that device (``devices.to_cpu_fp32``
+    brings it back; the pipeline does so right after this returns).
 
     ``dropout`` (``oov.OovDropout``): each epoch, words of the training texts are replaced with probability
     ``dropout.rate`` by ``dropout.substitute(ids)``, drawn from ``options.seed``: fresh words each epoch."""
     if dropout is not None and train_set.word_spans is None:
         raise ValueError("oov dropout needs the training set's word spans")
+    options = options.resolved()
+    placement = resolve_placement(options.device, options.precision)
+    replicas = Replicas(placement)
+    replicas.check_same("training texts, labels or model", _fingerprint(model, train_set, eval_set))
     word_rng = random.Random(options.seed)
-    device = resolve_device(options.device)
     torch.manual_seed(options.seed)
-    model.to(device)
+    trained = replicas.wrap(model)
     optimizer = torch.optim.AdamW(_parameter_groups(model, options.weight_decay), lr=options.lr)
+    scaler = placement.grad_scaler()
     steps_per_epoch = math.ceil(len(train_set) / options.batch_size)
     total_steps = steps_per_epoch * options.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * options.warmup_ratio), total_steps)
     order_rng = torch.Generator().manual_seed(options.seed)
-    report = TrainReport(epochs=options.epochs, train_size=len(train_set), eval_size=len(eval_set))
+    report = TrainReport(epochs=options.epochs, train_size=len(train_set), eval_size=len(eval_set), placement=placement)
     started = time.perf_counter()
-    for epoch in range(options.epochs):
-        model.train()
-        order = torch.randperm(len(train_set), generator=order_rng).tolist()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress, leave=False)
-        for start in range(0, len(order), options.batch_size):
-            batch = [order[i] for i in range(start, min(start + options.batch_size, len(order)))]
-            texts = [train_set.input_ids[i] for i in batch]
-            if dropout is not None:
-                texts = [drop_words(ids, train_set.word_spans[i], dropout.rate, dropout.substitute, word_rng) for ids, i in zip(texts, batch)]
-            input_ids, attention_mask = pad_batch(texts, pad_id)
-            labels = torch.tensor([train_set.labels[i] for i in batch])
-            loss = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            bar.update()
-        bar.close()
-        report.eval_accuracy_per_epoch.append(evaluate(model, eval_set, pad_id, options.batch_size, device, metric))
+    try:
+        for epoch in range(options.epochs):
+            trained.train()
+            order = torch.randperm(len(train_set), generator=order_rng).tolist()
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{options.epochs}", disable=not options.progress, leave=False)
+            for start in range(0, len(order), options.batch_size):
+                batch = [order[i] for i in range(start, min(start + options.batch_size, len(order)))]
+                texts = [train_set.input_ids[i] for i in batch]
+                targets = [train_set.labels[i] for i in batch]
+                if dropout is not None:  # drawn for the whole global batch in every process, as one process draws it
+                    dropped = [drop_words(ids, train_set.word_spans[i], dropout.rate, dropout.substitute, word_rng,
+                                          labels=target if isinstance(target, list) else None)
+                               for ids, i, target in zip(texts, batch, targets)]
+                    if isinstance(targets[0], list):
+                        texts, targets = [ids for ids, _ in dropped], [labels for _, labels in dropped]
+                    else:
+                        texts = dropped
+                input_ids, attention_mask = pad_batch(texts, pad_id)
+                labels = label_batch(targets, input_ids.shape[1])
+                loss = _share_loss(trained, replicas, input_ids, attention_mask, labels)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)  # clip the true gradients (a no-op unless fp16)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                bar.update()
+            bar.close()
+            # fp32, without autocast: the figure is the one the exported fp32 model will give
+            score = evaluate(model, eval_set, pad_id, options.batch_size, placement.device, metric)
+            report.eval_accuracy_per_epoch.append(score.value)
+            report.eval_figures = score.figures
+        replicas.finish()
+    except RuntimeError as exc:
+        if replicas.processes.count == 1:
+            raise
+        raise replicas.failed(exc) from exc
     report.seconds = time.perf_counter() - started
     model.eval()
     return report
 
 
+def _share_loss(trained: nn.Module, replicas: Replicas, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                labels: torch.Tensor) -> torch.Tensor:
+    """This process's loss on its rows of the global batch, weighted so that the processes' averaged gradients are
+    the batch's; in one process, the model's loss on the whole batch as it is."""
+    placement, device = replicas.placement, replicas.placement.device
+    if replicas.processes.count == 1:
+        with placement.autocast():
+            return trained(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels.to(device)).loss
+    rows = replicas.rows(len(labels))
+    counted = labels != -100  # the loss terms: every text, or (per-token labels) every labelled token
+    share_items, batch_items = int(counted[rows].sum()), int(counted.sum())
+    if share_items == 0:
+        # an empty share still runs a step (every process must join the gradient exchange), weighted 0
+        rows, weight = slice(0, 1), 0.0
+    else:
+        weight = replicas.weight(share_items, batch_items)
+    with placement.autocast():
+        loss = trained(input_ids=input_ids[rows].to(device), attention_mask=attention_mask[rows].to(device),
+                       labels=labels[rows].to(device)).loss
+    return loss * weight
+
+
+def _fingerprint(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet) -> str:
+    digest = hashlib.sha256(repr((train_set.input_ids, train_set.labels, eval_set.input_ids, eval_set.labels)).encode())
+    digest.update(repr([(name, tuple(p.shape)) for name, p in model.named_parameters()]).encode())
+    return digest.hexdigest()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, eval_set: EncodedSet, pad_id: int, batch_size: int, device=torch.device("cpu"),
-             metric: Callable[[Sequence, Sequence], float] = accuracy) -> float:
-    """The task's ``metric`` of the model's top answers on ``eval_set``."""
+             metric: Callable[[Sequence, Sequence], Score] = accuracy) -> Score:
+    """The task's ``metric`` of the model's top answers (per text, or per piece) on ``eval_set``."""
     model.eval()
     predicted = []
     for start in range(0, len(eval_set), batch_size):
         input_ids, attention_mask = pad_batch(eval_set.input_ids[start : start + batch_size], pad_id)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         predicted += logits.argmax(-1).cpu().tolist()
-    return metric(predicted, eval_set.labels) if len(eval_set) else float("nan")
+    return metric(predicted, eval_set.labels) if len(eval_set) else Score(float("nan"), {})
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +263,16 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Te
         input_ids[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
         attention_mask[row, : len(sequence)] = 1
     return input_ids, attention_mask
+
+
+def label_batch(labels: Sequence[int] | Sequence[Sequence[int]], length: int) -> torch.Tensor:
+    """A batch's targets: a class index per text, or per piece right-padded with -100 to ``length``."""
+    if not labels or not isinstance(labels[0], (list, tuple)):
+        return torch.tensor(list(labels))
+    batch = torch.full((len(labels), length), IGNORED, dtype=torch.long)
+    for row, targets in enumerate(labels):
+        batch[row, : len(targets)] = torch.as_tensor(targets, dtype=torch.long)
+    return batch
 
 
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

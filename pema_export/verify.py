@@ -275,12 +275,13 @@ def onnx_reference(fp32_path: Path, pruned: Tokenizer, texts: list[str], pad_id:
     return OnnxReference(texts=ordered, feeds=feeds, outputs=outputs, bound=bound)
 
 
-def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision: str) -> StageCheck:
+def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision: str, text_input: bool = False) -> StageCheck:
     """Compare ``candidate`` (.onnx or .ort) with the fp32 ONNX; raise naming ``stage`` when it misses its bound.
 
     fp32 stages: every output within STAGE_ATOL. int8/fp16 stages: the reference's bound (top-1 agreement, or the
     cosine of the sentence vector or of the token states of the text's real tokens). Padded positions are never
-    compared: fused attention leaves them undefined and no app reads them.
+    compared: fused attention leaves them undefined and no app reads them. ``text_input``: the candidate takes the
+    texts themselves (the in-graph tokenizer, stages/string_input.py), through onnxruntime-extensions.
 
     An int8 model runs one text per run, as an app calls it: dynamic quantization picks one activation scale per
     tensor, so in a batch every text's answer depends on its neighbours (MiniLM on the samples: 99.6% top-1
@@ -289,7 +290,12 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
     a run on it alone gives (tests/test_verify_batching.py checks it on real graphs).
     """
     try:
-        session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+        if text_input:
+            from pema_export.string_input import session as string_session
+
+            session = string_session(candidate)
+        else:
+            session = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types; the stage is what the user needs
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise VerificationError(f"stage {stage!r} failed: onnxruntime cannot load its output: {first_line}") from None
@@ -303,9 +309,11 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
     text_index = 0
     one_text_per_run = precision in ONE_TEXT_PER_RUN
     for feed, want in zip(reference.feeds, reference.outputs):
+        mask = feed["attention_mask"].astype(bool)
+        if text_input:
+            feed = {"text": np.array(reference.texts[text_index : text_index + mask.shape[0]], dtype=object)}
         feed = {k: v for k, v in feed.items() if k in session_inputs}
         got = _run_one_by_one(session, names, feed) if one_text_per_run else dict(zip(names, session.run(names, feed)))
-        mask = feed["attention_mask"].astype(bool)
         for row in range(mask.shape[0]):
             text = reference.texts[text_index + row]
             for name in names:
@@ -327,7 +335,8 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
 
 def _run_one_by_one(session: ort.InferenceSession, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """A batch of equal-length texts run one text per run; the outputs stacked as the batch's would be."""
-    runs = [session.run(names, {k: v[row : row + 1] for k, v in feed.items()}) for row in range(len(feed["input_ids"]))]
+    texts = len(next(iter(feed.values())))
+    runs = [session.run(names, {k: v[row : row + 1] for k, v in feed.items()}) for row in range(texts)]
     return {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(names)}
 
 

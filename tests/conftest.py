@@ -93,6 +93,16 @@ def tiny_distilbert(tmp_path_factory, wordpiece_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_bert) -> Path:
+    """tiny_bert exported for the cpu target on the search texts (no training): a real bundle to measure; read only."""
+    from pema_export.cli import main
+
+    out = tmp_path_factory.mktemp("bundle") / "model.onnx"
+    assert main(["--model", str(tiny_bert), "--corpus", str(SAMPLES / "search_texts.txt"), "--out", str(out), "--quiet"]) == 0
+    return out.parent
+
+
+@pytest.fixture(scope="session")
 def minilm_path() -> Path:
     from pema_export.models import resolve_model
 
@@ -104,6 +114,16 @@ def sample_head(folder: Path, sample: str, lines: int, name: str | None = None) 
     head = (SAMPLES / sample).read_text(encoding="utf-8").splitlines()[:lines]
     path = folder / (name or sample)
     path.write_text("\n".join(head) + "\n", encoding="utf-8")
+    return path
+
+
+def urgent_or_normal(folder: Path, sample: str, lines: int, name: str) -> Path:
+    """The sample's texts, every other one starting with "urgent " and labelled so: a rule a tiny model learns in a
+    few epochs (the six intents it does not), so a held-out accuracy says whether a bundle learned anything."""
+    texts = [line.split("\t", 1)[1] for line in (SAMPLES / sample).read_text(encoding="utf-8").splitlines()[:lines]]
+    path = folder / name
+    path.write_text("".join(("urgent\turgent " if i % 2 else "normal\t") + text + "\n" for i, text in enumerate(texts)),
+                    encoding="utf-8")
     return path
 
 
@@ -278,3 +298,40 @@ def check_size_baseline(bundle_dir: Path, name: str, tolerance: str = "2%") -> N
     assert cli_main(["check", str(bundle_dir), "--baseline", str(baseline), "--tolerance", tolerance]) == 0, (
         f"the bundle grew past {baseline} (see the lines above); if that is intended, update it with PEMA_UPDATE_BASELINES=1"
     )
+
+
+def train_sentencepiece_xlmr(folder: Path) -> Path:
+    """An XLM-R-style tokenizer as it ships: a SentencePiece Unigram .model and transformers' tokenizer.json for it."""
+    import io
+
+    import sentencepiece
+    from transformers import XLMRobertaTokenizerFast
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TRAINING_TEXT), model_writer=model, vocab_size=700, model_type="unigram",
+        character_coverage=0.9995, num_threads=1, minloglevel=2,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
+    XLMRobertaTokenizerFast(vocab_file=str(folder / "sentencepiece.bpe.model")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_sentencepiece(tmp_path_factory) -> Path:
+    """A tiny XLM-R with a real SentencePiece .model beside its tokenizer.json (what the in-graph Unigram runs)."""
+    folder = train_sentencepiece_xlmr(tmp_path_factory.mktemp("tiny-xlmr-spm"))
+    return save_tiny_family_model(folder, "xlm-roberta", XLMR_TOKENIZER_CONFIG, **TINY_SIZES, **ROBERTA_IDS)
+
+
+@pytest.fixture(scope="session")
+def tiny_full_vocab(tmp_path_factory) -> Path:
+    """A tiny random BERT (32 wide) with all-MiniLM-L6-v2's real 30,522-token tokenizer: plenty of rows outside any
+    small corpus, at tiny-model speed."""
+    from tokenizers import Tokenizer
+
+    from pema_export.models import resolve_model
+
+    tokenizer = Tokenizer.from_file(str(resolve_model(None).tokenizer_json))
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-full-vocab"), "bert", tokenizer)

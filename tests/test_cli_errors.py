@@ -8,7 +8,9 @@ import pytest
 from pema_export import pipeline, verify
 from pema_export.cli import main
 from pema_export.errors import VerificationError
-from conftest import save_tiny_model
+
+import bad_inputs
+from conftest import run_cli, save_tiny_model
 
 
 def run(capsys, *args) -> tuple[int, str]:
@@ -152,3 +154,154 @@ def test_real_parity_failure_is_caught(tmp_path, tiny_bert):
     onnx.save(graph, str(out))
     with pytest.raises(VerificationError, match="where is my order"):
         verify.check_parity(out, reference, tokenizer, ["where is my order"], pad_id=0)
+
+
+# --- Every option of every subcommand, with a bad value (issue 15): the cases are in bad_inputs.py -----------------
+
+def test_every_option_of_every_subcommand_has_a_bad_value_to_try():
+    untried = bad_inputs.untried_options()
+    assert not untried, f"add bad values to bad_inputs.BAD_VALUES for: {', '.join(untried)}"
+
+
+def _listing(*folders: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_size for folder in folders for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", bad_inputs.cases(), ids=lambda case: case.id)
+def test_a_bad_value_is_one_error_line_exit_2_and_nothing_written(case, capsys, tmp_path, tiny_bert, tiny_bundle, labelled_corpus):
+    inputs = bad_inputs.make_inputs(tmp_path, tiny_bert, tiny_bundle)
+    out = tmp_path / "out" / "model.onnx"
+    argv = bad_inputs.argv(case, inputs, tiny_bert, tiny_bundle, out, labelled_corpus)
+    before = _listing(tmp_path, tiny_bundle)
+    code = main(argv)  # an exception escaping main is the traceback a user would see: the test fails on it
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert code == 2, (argv, captured.err[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("pema-export: error: "), captured.err
+    assert captured.out == ""
+    assert _listing(tmp_path, tiny_bundle) == before, "the failed run wrote or left something"
+
+
+def test_the_console_script_prints_only_the_error_line_for_argument_errors(tmp_path):
+    """argparse's own errors (a bad choice, a bad number, a missing argument): one line, not the usage block first."""
+    for args, message in ((["--corpus", "x.txt", "--out", "m.onnx", "--oov", "bogus"], "argument --oov: invalid choice: 'bogus'"),
+                          (["scan", "--corpus", "x.txt", "--epochs", "3"], "scan: unrecognized arguments: --epochs 3"),
+                          (["size"], "size: the following arguments are required: BUNDLE_DIR")):
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.splitlines() == [f"pema-export: error: {message}{done.stderr.split(message, 1)[1].rstrip()}"]
+        assert "usage:" not in done.stderr and "Traceback" not in done.stderr
+
+
+# --- Corpora from outside (bad_inputs.corpus_files): random bytes, mixed encodings, huge lines, a mismatched layout
+
+def _fuzz_settings():
+    from hypothesis import HealthCheck, settings
+
+    # derandomized: the same examples on every run, so a failure here is a failure everywhere
+    return settings(max_examples=12, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _fuzz(test):
+    from hypothesis import example, given
+
+    for content, suffix in bad_inputs.FIXED_CORPORA:
+        test = example((content, suffix))(test)
+    return _fuzz_settings()(given(bad_inputs.corpus_files())(test))
+
+
+@_fuzz
+def test_any_corpus_gives_a_verified_bundle_or_one_error_line(tmp_path, capsys, tiny_bert, corpus):
+    """No traceback, whatever the file holds: the export writes a bundle that passed verification, or says in one
+    line why not and writes nothing."""
+    import shutil
+    import tempfile
+
+    from pema_export.bundle import check_complete
+
+    content, suffix = corpus
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    path = folder / f"corpus{suffix}"
+    path.write_bytes(content)
+    out = folder / "out" / "model.onnx"
+    code = main(["--model", str(tiny_bert), "--corpus", str(path), "--out", str(out), "--epochs", "1", "--quantize", "none",
+                 "--quiet"])  # an exception escaping main is a traceback: hypothesis reports it with the corpus
+    err = capsys.readouterr().err
+    if code == 0:
+        manifest = json.loads((out.parent / "pema-manifest.json").read_text())
+        assert manifest["parity"]["tokenization_mismatches"] == 0 and manifest["parity"]["max_abs_diff"] <= 1e-4
+        check_complete(out.parent)
+    else:
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("pema-export: error: "), err
+        assert not out.parent.exists(), "a refused corpus left files behind"
+    shutil.rmtree(folder)
+
+
+# --- Error paths of the model itself (issue 15: untested until now) ----------------------------------------------
+
+def test_an_unknown_sentence_transformers_pooling_mode_is_one_line(capsys, tmp_path, tiny_sentence_encoder):
+    import shutil
+
+    model = shutil.copytree(tiny_sentence_encoder, tmp_path / "max-pooling")
+    (model / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    assert_refused(capsys, tmp_path, r"sentence-transformers pooling \['pooling_mode_max_tokens'\] .* is not supported \(mean or cls only\)",
+                   "--model", model, "--corpus", corpus(tmp_path, "where is my order\n"))
+
+
+def test_fill_mask_refuses_an_output_projection_not_tied_to_the_input_embedding(capsys, tmp_path, wordpiece_tokenizer):
+    from conftest import ELECTRA_TOKENIZER_CONFIG, TINY_SIZES, save_tiny_family_model
+
+    model = save_tiny_family_model(tmp_path / "untied-mlm", "bert", ELECTRA_TOKENIZER_CONFIG, wordpiece_tokenizer, head="mlm",
+                                   tie_word_embeddings=False, pad_token_id=0, **TINY_SIZES)
+    assert_refused(capsys, tmp_path, "has no .* tied to its input embedding; --task fill-mask needs one",
+                   "--model", model, "--corpus", corpus(tmp_path, "where is my order\n"), "--task", "fill-mask", "--oov", "unk")
+
+
+def test_an_input_embedding_that_is_not_nn_embedding_is_named(tiny_bert):
+    import torch
+    from transformers import AutoModel
+
+    from pema_export.errors import ModelError
+    from pema_export.pema import input_embedding
+
+    model = AutoModel.from_pretrained(tiny_bert)
+    model.set_input_embeddings(torch.nn.EmbeddingBag(10, 32))
+    with pytest.raises(ModelError, match="the input embedding is EmbeddingBag, not torch.nn.Embedding"):
+        input_embedding(model)
+
+
+# Token classification (issue 13): each bad tagged corpus is one line naming the file and line, exit 2, nothing written.
+TAGGED = "Where\tO\nis\tO\norder\tO\n#A58213\tB-ORDER_ID\n\nship\tO\nto\tO\nLyon\tB-CITY\n"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad-bio.conll", TAGGED.replace("Lyon\tB-CITY", "Lyon\tI-CITY"),
+     r"bad-bio.conll line 8: tag 'I-CITY' follows 'O', which is not valid BIO \(IOB2\): an entity starts with B-CITY"),
+    ("bad-bio.jsonl", '{"tokens": ["fly", "to", "New", "York"], "tags": ["O", "O", "B-CITY", "I-DATE"]}\n',
+     r"bad-bio.jsonl line 1, token 4 \('York'\): tag 'I-DATE' follows 'B-CITY', which is not valid BIO"),
+    ("lengths.jsonl", '{"tokens": ["a", "b"], "tags": ["O", "O"]}\n{"tokens": ["fly", "to", "Oslo"], "tags": ["O", "B-CITY"]}\n',
+     r"lengths.jsonl line 2: 3 tokens but 2 tags"),
+    ("outside.jsonl", '{"text": "ship to Lyon", "entities": [{"start": 8, "end": 12, "label": "CITY"}]}\n'
+                      '{"text": "ship to Oslo", "entities": [{"start": 8, "end": 14, "label": "CITY"}]}\n',
+     r"outside.jsonl line 2: entity 'CITY' at 8-14 is outside its text \(12 characters"),
+    ("overlap.jsonl", '{"text": "order 12 to Lyon", "entities": [{"start": 0, "end": 8, "label": "ORDER_ID"}, '
+                      '{"start": 6, "end": 16, "label": "CITY"}]}\n',
+     r"overlap.jsonl line 1: entity 'CITY' at 6-16 overlaps entity 'ORDER_ID' at 0-8"),
+    ("bioes.conll", TAGGED.replace("Lyon\tB-CITY", "Lyon\tS-CITY"),
+     r"bioes.conll line 8: tag 'S-CITY' \(a BIOES/IOBES tag\) is not in the IOB2 label scheme"),
+    ("bare.conll", TAGGED.replace("#A58213\tB-ORDER_ID", "#A58213\tORDER_ID"),
+     r"bare.conll line 4: tag 'ORDER_ID' is not in the IOB2 label scheme"),
+    ("bioes.txt", TAGGED.replace("order\tO", "order\tE-X"),  # a tagged .txt is read as CoNLL, its scheme named
+     r"bioes.txt line 3: tag 'E-X' \(a BIOES/IOBES tag\) is not in the IOB2 label scheme"),
+])
+def test_bad_tagged_corpus_names_file_and_line(capsys, tmp_path, tiny_bert, name, content, message):
+    assert_refused(capsys, tmp_path, message, "--model", tiny_bert, "--corpus", corpus(tmp_path, content, name))
+
+
+def test_conll_sentence_over_max_length_says_how_many_pieces(capsys, tmp_path, tiny_bert):
+    long_sentence = "".join(f"word{i}\tO\n" for i in range(30)) + "Lyon\tB-CITY\n"
+    path = corpus(tmp_path, TAGGED + "\n" + long_sentence, "long.conll")
+    assert_refused(capsys, tmp_path, r"long.conll line 10: the sentence is \d+ pieces \(special tokens included\), over "
+                   r"--max-length 24; its last words would lose their labels", "--model", tiny_bert, "--corpus", path,
+                   "--max-length", "24")

@@ -14,10 +14,8 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
-from tokenizers import Tokenizer
 
-from conftest import REPO, SAMPLES, TRAINING_TEXT, run_cli, sample_head, save_tiny_model
-from pema_export.models import resolve_model
+from conftest import REPO, SAMPLES, TRAINING_TEXT, run_cli, sample_head
 from pema_export.pipeline import ExportOptions, run
 from pema_export.rowcodes import UNCOVERED_LOGIT, row_cosines
 from pema_export.scan import ScanOptions, scan_report
@@ -27,14 +25,6 @@ from pema_export.vocab import open_tokenizer
 UNSEEN = ["The courier vanished with my lasagne and the receipt", "Refund the tiramisu, it arrived frozen solid",
           "zebra xylophone quantum harpsichord"]
 TABLES = ("weight", "row_of", "codes", "codebook", "offsets")
-
-
-@pytest.fixture(scope="module")
-def tiny_full_vocab(tmp_path_factory):
-    """A tiny random BERT (32 wide) with all-MiniLM-L6-v2's real 30,522-token tokenizer: plenty of rows outside any
-    small corpus for a 256-centroid codebook, at tiny-model speed."""
-    tokenizer = Tokenizer.from_file(str(resolve_model(None).tokenizer_json))
-    return save_tiny_model(tmp_path_factory.mktemp("tiny-full-vocab"), "bert", tokenizer)
 
 
 def tail_tables(model_path) -> dict[str, np.ndarray]:

@@ -13,13 +13,6 @@ from conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory, tiny_bert):
-    out = tmp_path_factory.mktemp("bundle") / "model.onnx"
-    assert main(["--model", str(tiny_bert), "--corpus", str(SAMPLES / "search_texts.txt"), "--out", str(out), "--quiet"]) == 0
-    return out.parent
-
-
-@pytest.fixture(scope="module")
 def tiny_fp32_bundle(tmp_path_factory, tiny_bert):
     out = tmp_path_factory.mktemp("bundle-fp32") / "model.onnx"
     assert main(["--model", str(tiny_bert), "--corpus", str(SAMPLES / "search_texts.txt"), "--out", str(out),
@@ -32,7 +25,7 @@ def test_the_manifest_reads_back_into_the_same_bytes(tiny_bundle):
     value or order changes (the OOV policies' entries, spread among the vocab keys, included)."""
     text = (tiny_bundle / "pema-manifest.json").read_text(encoding="utf-8")
     manifest = Manifest.from_json(json.loads(text))
-    assert list(manifest.vocab.policies) == ["remap"] and manifest.stages[0]["stage"] == "export"
+    assert list(manifest.vocab.policies) == ["remap", "tail"] and manifest.stages[0]["stage"] == "export"
     assert json.dumps(manifest.to_json(), indent=2, ensure_ascii=False) + "\n" == text
 
 
@@ -138,7 +131,10 @@ def test_baseline_growth_and_tolerance(tiny_bundle, tmp_path, capsys):
     assert "baseline is from another model" in capsys.readouterr().err
 
 
-def test_scan_predicts_the_written_bundle_within_two_percent(tiny_bundle, tiny_bert, capsys):
+def test_scan_predicts_the_written_tiny_bundle_from_above_within_six_percent(tiny_bundle, tiny_bert, capsys):
+    """--max-bytes chooses a vocabulary by this prediction, so it must never be below the written bundle. On the
+    real MiniLM it is within 0.5% (test_pipeline_minilm.py); on this 40k-parameter model the graph's fixed bytes
+    weigh more and it came 5.3% above (72,745 written, 76,615 predicted), so the bound here is 6%."""
     assert main(["scan", "--model", str(tiny_bert), "--corpus", str(SAMPLES / "search_texts.txt"), "--json"]) == 0
     predicted = json.loads(capsys.readouterr().out)
     manifest = json.loads((tiny_bundle / "pema-manifest.json").read_text())
@@ -146,6 +142,7 @@ def test_scan_predicts_the_written_bundle_within_two_percent(tiny_bundle, tiny_b
     written = bundle_report(tiny_bundle)
     tokenizer = next(f for f in written.files if f.name == "tokenizer.json")
     assert predicted["predicted_bytes"]["tokenizer"] == tokenizer.size_bytes
+    assert 0 <= predicted["predicted_bytes"]["total"] - written.total_bytes < 0.06 * written.total_bytes
 
 
 def test_pytest_plugin_fixture_and_marker(pytester, tiny_bundle):

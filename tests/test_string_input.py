@@ -8,7 +8,6 @@ SentencePiece .model (Unigram); the real all-MiniLM-L6-v2 once, int8, through th
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -17,13 +16,14 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import ROBERTA_IDS, TINY_SIZES, TRAINING_TEXT, XLMR_TOKENIZER_CONFIG, save_tiny_family_model
+from conftest import TINY_SIZES, TRAINING_TEXT, save_tiny_family_model
 from pema_export.errors import InGraphTokenizerError, VerificationError
 from pema_export.export import export_onnx
 from pema_export.models import resolve_model
 from pema_export.stages.ort_format import OPERATORS_CONFIG, convert_to_ort
 from pema_export.pema import load_partial_model
 from pema_export.profiles import load_target
+from pema_export.tasks import resolve_task
 from pema_export.string_input import (
     add_string_input, check_extensions, check_fidelity, check_string_parity, plan_string_input, session, tokenizer_model,
 )
@@ -49,28 +49,6 @@ FAMILIES = ["bert", "distilbert", "electra", "roberta", "xlmr"]
 ALL_TEXTS = CORPUS + HARD_TEXTS + SPECIAL_TEXTS
 
 
-def train_sentencepiece_xlmr(folder):
-    """An XLM-R-style tokenizer as it ships: a SentencePiece Unigram .model and transformers' tokenizer.json for it."""
-    import sentencepiece
-    from transformers import XLMRobertaTokenizerFast
-
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(TRAINING_TEXT), model_writer=model, vocab_size=700, model_type="unigram",
-        character_coverage=0.9995, num_threads=1, minloglevel=2,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sentencepiece.bpe.model").write_bytes(model.getvalue())
-    XLMRobertaTokenizerFast(vocab_file=str(folder / "sentencepiece.bpe.model")).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_xlmr_sentencepiece(tmp_path_factory):
-    folder = train_sentencepiece_xlmr(tmp_path_factory.mktemp("tiny-xlmr-spm"))
-    return save_tiny_family_model(folder, "xlm-roberta", XLMR_TOKENIZER_CONFIG, **TINY_SIZES, **ROBERTA_IDS)
-
-
 @pytest.fixture(scope="module")
 def sources(request, tiny_xlmr_sentencepiece):
     fixtures = {"bert": "tiny_bert", "distilbert": "tiny_distilbert", "electra": "tiny_electra", "roberta": "tiny_roberta"}
@@ -92,7 +70,8 @@ def build_ids_model(source_path, out_dir, vocab: str, *, task=None, labels=None,
         kept = KeptVocab(np.arange(config["vocab_size"], dtype=np.int64), config["vocab_size"], unk_token_id(tokenizer_json))
     shipped = prune_tokenizer(tokenizer_json, kept.kept_ids)
     spm = next(iter(prune_sentencepiece_files(source.path, tokenizer_json, shipped).values()), None)
-    partial = load_partial_model(source, kept, labels=labels, task=task)
+    # the task as the pipeline resolves it: --task, else the labels' task, else the checkpoint's head
+    partial = load_partial_model(source, kept, resolve_task(task, "text" if labels else None, config.get("architectures")), labels=labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = export_onnx(partial.model, partial.task, load_target("cpu"), out_dir / "fp32.onnx", pooling=partial.pooling)
     model = fp32

@@ -14,7 +14,8 @@ from pema_export.errors import CorpusError, PemaError
 from pema_export.models import ModelSource
 from pema_export.pema import load_partial_model, map_ids
 from pema_export.tasks import TASKS
-from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, resolve_device, split_held_out
+from pema_export.devices import resolve_placement
+from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, split_held_out
 from pema_export.vocab import KeptVocab, open_tokenizer
 
 
@@ -48,14 +49,14 @@ def test_integer_and_word_labels_mixed_in_a_text_format_are_an_error(tmp_path, s
 
 
 def test_device_must_exist():
-    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_placement("cpu", environ={}).device == torch.device("cpu")
     with pytest.raises(PemaError, match="--device gpu: unknown device"):
-        resolve_device("gpu")
+        resolve_placement("gpu", environ={})
     if torch.cuda.is_available():
-        assert resolve_device("cuda").type == "cuda"
+        assert resolve_placement("cuda", environ={}).device.type == "cuda"
     else:
         with pytest.raises(PemaError, match="--device cuda: .*use --device cpu"):
-            resolve_device("cuda")
+            resolve_placement("cuda", environ={})
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -66,26 +67,38 @@ def test_cli_device_cuda_without_a_gpu_exits_2_before_any_work(tmp_path, labelle
     assert not (tmp_path / "b").exists()
 
 
-def tiny_training(tiny_bert, seed: int, epochs: int = 2):
+def tiny_training(tiny_bert, seed: int, epochs: int = 6, lr: float = 2e-3, n: int = 128, n_eval: int = 32,
+                  precision: str = "fp32"):
+    """A learnable rule on sample texts: a text is "yes" when it starts with the word "urgent" (every other one does).
+
+    With the defaults (96 texts to train on, 32 held out, 6 epochs at 2e-3) held-out accuracy was 1.0 for each of
+    seeds 0-7 (measured); with 32 texts, or 4 epochs at 5e-3, some seeds stayed at the majority answer (0.5)."""
     tokenizer = open_tokenizer(tiny_bert / "tokenizer.json")
-    texts = TRAINING_TEXT[:48]
+    labels = [i % 2 for i in range(n)]
+    texts = [("urgent " if label else "") + text for text, label in zip(TRAINING_TEXT[:n], labels)]
     ids = [enc.ids for enc in tokenizer.encode_batch(texts)]
     original_size = json.loads((tiny_bert / "config.json").read_text())["vocab_size"]
     kept = KeptVocab(np.unique(np.concatenate([np.arange(5), *map(np.asarray, ids)])), original_size, unk_id=1)
-    labels = [int("order" in text.lower()) for text in texts]  # a learnable rule
     encoded = [map_ids(kept, np.asarray(seq)).tolist() for seq in ids]
     partial = load_partial_model(ModelSource("tiny", tiny_bert, None), kept, TASKS["text-classification"], labels=["no", "yes"], seed=seed)
-    options = TrainOptions(epochs=epochs, lr=2e-3, batch_size=8, seed=seed)
-    report = fine_tune(partial.model, EncodedSet(encoded[:40], labels[:40]), EncodedSet(encoded[40:], labels[40:]), 0, options)
+    options = TrainOptions(epochs=epochs, lr=lr, batch_size=8, seed=seed, precision=precision)
+    report = fine_tune(partial.model, EncodedSet(encoded[:n - n_eval], labels[:n - n_eval]),
+                       EncodedSet(encoded[n - n_eval:], labels[n - n_eval:]), 0, options)
     return partial.model, report
 
 
-def test_fine_tuning_is_reproducible_from_the_seed_and_reports_every_epoch(tiny_bert):
-    first, report = tiny_training(tiny_bert, seed=7)
-    again, _ = tiny_training(tiny_bert, seed=7)
-    other, _ = tiny_training(tiny_bert, seed=8)
-    assert len(report.eval_accuracy_per_epoch) == 2 and report.train_size == 40 and report.eval_size == 8
-    assert all(0.0 <= accuracy <= 1.0 for accuracy in report.eval_accuracy_per_epoch)
+def test_fine_tuning_learns_a_rule_an_untrained_model_does_not_know(tiny_bert):
+    _, untrained = tiny_training(tiny_bert, seed=7, epochs=1, lr=1e-12)  # the same model and loop, no real step
+    _, trained = tiny_training(tiny_bert, seed=7)
+    assert untrained.eval_accuracy < 0.75  # a balanced held-out set: chance is 0.5
+    assert trained.eval_accuracy >= 0.9 and trained.eval_accuracy_per_epoch[-1] == trained.eval_accuracy
+    assert len(trained.eval_accuracy_per_epoch) == 6 and trained.train_size == 96 and trained.eval_size == 32
+
+
+def test_fine_tuning_is_reproducible_from_the_seed(tiny_bert):
+    first, _ = tiny_training(tiny_bert, seed=7, epochs=2, n=48, n_eval=16)
+    again, _ = tiny_training(tiny_bert, seed=7, epochs=2, n=48, n_eval=16)
+    other, _ = tiny_training(tiny_bert, seed=8, epochs=2, n=48, n_eval=16)
     for a, b in zip(first.parameters(), again.parameters()):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(first.parameters(), other.parameters()))

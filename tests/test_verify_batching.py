@@ -162,7 +162,7 @@ def test_timings_are_recorded_beside_the_manifest_not_in_it(web_bundle):
                  "stage quantize int8", "stage files", "held out", "manifest", "commit"):
         assert steps[step] >= 0, step
     assert on_disk["concurrent"] == {"fidelity": "export"}
-    post = [name for name in steps if name not in ("prepare", "scan", "partial model", "train", "fidelity")]
+    post = [name for name in steps if name not in ("prepare", "scan", "string input plan", "partial model", "train", "fidelity")]
     assert on_disk["post_training_steps"] == post
     assert on_disk["post_training_seconds"] == pytest.approx(sum(steps[name] for name in post), abs=0.01)
     assert "train" not in steps and on_disk["post_training_to_training"] is None  # an encoder: nothing to train

@@ -5,17 +5,23 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from pema_export.cli.options import Parser
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="pema-export check", description="Fail when a bundle is over its size budget or grew since a baseline.")
+    parser.add_argument("bundle", metavar="BUNDLE_DIR")
+    parser.add_argument("--budget", metavar="FILE", help="pema-budget.toml (total, per-part and per-file limits)")
+    parser.add_argument("--baseline", metavar="OLD_MANIFEST", help="an earlier pema-manifest.json to compare file sizes with")
+    parser.add_argument("--tolerance", default="0%", help="allowed growth since the baseline (default 0%%)")
+    return parser
+
 
 def run(argv: Sequence[str]) -> int:
     from pema_export.budget import check_bundle, load_baseline, load_budget, parse_tolerance
     from pema_export.size import bundle_report
 
-    parser = argparse.ArgumentParser(prog="pema-export check", description="Fail when a bundle is over its size budget or grew since a baseline.")
-    parser.add_argument("bundle", metavar="BUNDLE_DIR")
-    parser.add_argument("--budget", metavar="FILE", help="pema-budget.toml (total, per-part and per-file limits)")
-    parser.add_argument("--baseline", metavar="OLD_MANIFEST", help="an earlier pema-manifest.json to compare file sizes with")
-    parser.add_argument("--tolerance", default="0%", help="allowed growth since the baseline (default 0%%)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     budget = load_budget(args.budget) if args.budget else None
     baseline = load_baseline(args.baseline) if args.baseline else None
     tolerance = parse_tolerance(args.tolerance)

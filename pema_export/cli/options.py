@@ -3,20 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import math
+from typing import NoReturn
 
-from pema_export.errors import PemaError
+from pema_export.errors import PemaError, UsageError
 from pema_export.oov import CHOICES as OOV_CHOICES
 from pema_export.oov import DEFAULT as DEFAULT_OOV
+from pema_export.profiles import TOKENIZERS
 
 # options that count something: at least 1 wherever they are given
 _AT_LEAST_ONE = ("epochs", "batch_size", "max_length", "min_count", "max_vocab", "prior_words", "tail_row_bytes")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a bad argument raises UsageError (one line, exit 2, from cli.main) instead of printing
+    the whole usage block before the message."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("pema-export").strip()
+        raise UsageError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
 
 
 def add_model_and_corpus(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="local model folder, Hugging Face hub id, or alias (distilbert, bert, minilm); "
                         "default: the embedded all-MiniLM-L6-v2")
     parser.add_argument("--corpus", action="append", required=True, metavar="FILE",
-                        help="app texts: .txt (label<TAB>text or text), .tsv/.csv (text[,label]), .jsonl; repeatable")
+                        help="app texts: .txt (label<TAB>text or text), .tsv/.csv (text[,label]), .jsonl; tagged "
+                        "sentences (token classification): .conll/.txt (token<TAB>tag), .jsonl (tokens+tags, or text+"
+                        "entities); repeatable")
 
 
 def add_target(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +38,10 @@ def add_target(parser: argparse.ArgumentParser) -> None:
                         "list: pema-export targets)")
     parser.add_argument("--quantize", metavar="none|int8|fp16", help="number format, overriding the target profile's; "
                         "int8/fp16 must agree with fp32 on >= 99%% of corpus texts (docs/targets.md)")
+    parser.add_argument("--tokenizer", choices=TOKENIZERS, help="where the app's text becomes ids: 'ids' (default) "
+                        "ships tokenizer.json for the app to run and a model that takes input_ids; 'in-graph' puts the "
+                        "tokenizer in the model (onnxruntime-extensions ops, exact or refused): the model takes a batch "
+                        "of strings, for the cpu, android and ios targets (docs/string-input.md)")
 
 
 def add_vocabulary(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +75,17 @@ def check_ranges(args: argparse.Namespace) -> None:
             raise PemaError(f"--{name.replace('_', '-')} must be at least 1")
     if getattr(args, "eval_split", None) is not None and not 0 < args.eval_split < 1:
         raise PemaError("--eval-split must be between 0 and 1")
-    if getattr(args, "lr", None) is not None and args.lr <= 0:
-        raise PemaError("--lr must be positive")
+    if getattr(args, "lr", None) is not None and not (0 < args.lr < math.inf):
+        raise PemaError(f"--lr must be a positive number, not {args.lr}")
     if getattr(args, "oov_dropout", None) is not None and not 0 <= args.oov_dropout < 1:
         raise PemaError("--oov-dropout must be at least 0 and below 1")
+    if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**32:
+        raise PemaError(f"--seed must be between 0 and {2**32 - 1}")  # numpy's and torch's seed range
+    if getattr(args, "prior_lang", None) is not None:
+        if not args.prior_words:
+            raise PemaError("--prior-lang names the languages of --prior-words N: pass --prior-words too")
+        if not languages(args.prior_lang):
+            raise PemaError(f"--prior-lang {args.prior_lang!r} names no language (e.g. en or en,de)")
 
 
 def languages(prior_lang: str | None) -> list[str] | None:

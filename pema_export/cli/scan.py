@@ -10,7 +10,7 @@ from pema_export.cli import options
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pema-export scan", description="Tokenize the corpus only (no training) "
+    parser = options.Parser(prog="pema-export scan", description="Tokenize the corpus only (no training) "
                                      "and predict the kept vocabulary and the bundle's bytes for a target.")
     options.add_model_and_corpus(parser)
     options.add_target(parser)
@@ -29,7 +29,7 @@ def run(argv: Sequence[str]) -> int:
         corpus=args.corpus, model=args.model, target=args.target, quantize=args.quantize, keep_tokens=args.keep_tokens,
         min_count=args.min_count, oov=args.oov, max_vocab=args.max_vocab, max_bytes=options.max_bytes(args.max_bytes),
         prior_words=args.prior_words, prior_lang=options.languages(args.prior_lang), heldout=args.heldout,
-        tail_row_bytes=args.tail_row_bytes,
+        tail_row_bytes=args.tail_row_bytes, tokenizer=args.tokenizer,
     ))
     if args.json:
         print(json.dumps(report, indent=2))

@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from pema_export.cli.options import Parser
+
+
+def parser() -> argparse.ArgumentParser:
+    return Parser(prog="pema-export targets", description="List the built-in target profiles.")
+
 
 def run(argv: Sequence[str]) -> int:
     from pema_export.profiles import builtin_targets, load_target
 
-    argparse.ArgumentParser(prog="pema-export targets", description="List the built-in target profiles.").parse_args(argv)
+    parser().parse_args(argv)
     for name in sorted(builtin_targets()):
         target = load_target(name)
         print(f"{name:10s} {target.description}")

@@ -1,12 +1,14 @@
 """From the verified fp32 ONNX to exactly the files a target ships: one module per transformation, in order.
 
 optimize.py (onnxruntime's transformer fusions), quantize.py (int8 or fp16), id_table.py (an OOV policy's graph
-stage: remap's id table) and ort_format.py (conversion to the ORT format). Every stage says whether it
+stage: remap's id table), string_input.py (``--tokenizer in-graph``: the tokenizer in front of the model) and
+ort_format.py (conversion to the ORT format). Every stage says whether it
 ``applies(target)``, ``run``s on the model files so far, each followed by its check against the fp32 ONNX on the
 same corpus sample (verify.check_stage; a stage that misses its bound stops the export, naming it), and
 ``predict``s what it does to the shipped files for the size prediction (scan.py). ``ship`` runs the stages of
 ``STAGES`` that apply, with a policy's graph stages in their place (``order``), then places the files the
-target's format ships under their names (formats.py).
+target's format ships under their names (formats.py). A stage that needs the export's data (a policy's id table, the
+string input's plan and texts) is given to ``ship`` configured, in place of the registered one of its name.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ class ModelShape:
 
 
 @dataclass(frozen=True)
+class TextInput:
+    """A model file that takes strings (stages/string_input.py): what later stages need to open and check it."""
+
+    ids_model: Path  # the ids-in model it wraps (the mobile usability report reads the transformer behind it)
+    custom_op_library: str  # onnxruntime-extensions' shared library: every session and the ORT conversion register it
+
+
+@dataclass(frozen=True)
 class ModelFile:
     """A model file on its way through the stages."""
 
@@ -48,6 +58,7 @@ class ModelFile:
     reference: OnnxReference  # what its checks compare with, its feeds in the ids this file takes
     kind: str = "onnx"  # "onnx" or "ort"
     beside: tuple[Path, ...] = ()  # files that ship next to it (the ORT operator config)
+    text_input: TextInput | None = None  # set once the tokenizer is in the graph: the file takes strings
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class GraphEstimate:
     kind: str = "onnx"
     fused: bool = False  # onnxruntime's transformer fusions applied
     precision: str = "none"
+    string_input: bool = False  # the in-graph tokenizer is in front of it (--tokenizer in-graph)
 
 
 @dataclass
@@ -66,6 +78,7 @@ class Shipped:
     stages: list[dict] = field(default_factory=list)
     embedding_bytes: dict[str, dict] = field(default_factory=dict)
     mobile: dict | None = None
+    string_input: dict | None = None  # --tokenizer in-graph: the plan and its checks (stages/string_input.py)
 
 
 @dataclass
@@ -86,7 +99,7 @@ class ShipContext:
 
 class Stage(Protocol):
     name: str
-    order: int  # place in the sequence: optimize 10, quantize 20, id table 30, ORT conversion 40
+    order: int  # place in the sequence: optimize 10, quantize 20, id table 30, string input 35, ORT conversion 40
 
     def applies(self, target: Target) -> bool: ...
 
@@ -107,15 +120,19 @@ def checked_figures(check) -> str:
 
 
 # Imported after the interface they implement.
-from pema_export.stages import optimize, ort_format, quantize  # noqa: E402
+from pema_export.stages import optimize, ort_format, quantize, string_input  # noqa: E402
 from pema_export.stages.quantize import embedding_bytes  # noqa: E402
 
 # The target-driven stages; an OOV policy adds its own (AppliedPolicy.graph_stages).
-STAGES: tuple[Stage, ...] = (optimize.STAGE, quantize.STAGE, ort_format.STAGE)
+STAGES: tuple[Stage, ...] = (optimize.STAGE, quantize.STAGE, string_input.STAGE, ort_format.STAGE)
 
 
 def planned_stages(target: Target, graph_stages: Sequence[Stage] = ()) -> list[Stage]:
-    return sorted((stage for stage in (*STAGES, *graph_stages) if stage.applies(target)), key=lambda stage: stage.order)
+    """The stages that apply to ``target``, in order; a configured stage in ``graph_stages`` replaces the registered
+    one of the same name."""
+    given = {stage.name for stage in graph_stages}
+    candidates = (*(stage for stage in STAGES if stage.name not in given), *graph_stages)
+    return sorted((stage for stage in candidates if stage.applies(target)), key=lambda stage: stage.order)
 
 
 def stage_names(target: Target) -> str:
@@ -136,9 +153,10 @@ def ship(
 ) -> Shipped:
     """Run the target's stages on ``fp32`` (scratch files in ``work``), verify each, and stage the shipped files.
 
-    ``graph_stages`` (an OOV policy's, e.g. remap's id table) go into every model file before the ORT conversion,
-    so an .ort file carries them and its check runs on the ids they take. ``timings``: records each stage's wall
-    seconds (its run and its check) as ``stage NAME``, and the placing of the files as ``stage files``."""
+    ``graph_stages`` (an OOV policy's, e.g. remap's id table; the configured string input) go into every model file
+    before the ORT conversion, so an .ort file carries them and its check runs on the inputs they take. ``timings``:
+    records each stage's wall seconds (its run and its check) as ``stage NAME``, and the placing of the files as
+    ``stage files``."""
     from pema_export.timings import Timings
 
     timings = timings or Timings()

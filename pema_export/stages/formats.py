@@ -31,6 +31,8 @@ class Format:
     out_name: str | None = None  # the only --out file name the layout can take
     profile_keys: tuple[str, ...] = ()  # profile keys only this format takes
     manifest_keys: tuple[str, ...] = ()  # of those, the ones the manifest's target section records
+    # why the app cannot take a model with the tokenizer in it (--tokenizer in-graph); empty: it can
+    in_graph_tokenizer_refusal: str = ""
 
     def loaded_name(self, out: Path) -> str:
         """The model file the app loads (the fp32 one where several ship)."""
@@ -57,7 +59,9 @@ FORMATS: dict[str, Format] = {
         # DIR/onnx/model.onnx (fp32) and the quantized variant transformers.js looks for by dtype:
         # onnx/model_quantized.onnx (dtype "q8") or onnx/model_fp16.onnx (dtype "fp16")
         Format("transformers.js", lambda out, precision: WEB_MODEL if precision == "fp32" else WEB_VARIANTS[precision],
-               metadata_bytes=6_600, keeps_fp32=True, out_name="model.onnx"),
+               metadata_bytes=6_600, keeps_fp32=True, out_name="model.onnx",
+               in_graph_tokenizer_refusal="transformers.js tokenizes in JavaScript already (it reads the bundle's "
+                                          "tokenizer.json), and onnxruntime-web has no onnxruntime-extensions ops"),
     )
 }
 

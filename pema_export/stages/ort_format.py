@@ -29,6 +29,11 @@ _RECOMMEND_EPS = (
     "model using the NNAPI EP on Android, and the CoreML EP on iOS, against the performance using the CPU EP."
 )
 
+IN_GRAPH_TOKENIZER_NOTE = (
+    "the report covers the model behind the in-graph tokenizer; the tokenizer's nodes (ai.onnx.contrib ops in a "
+    "Loop) run on the CPU EP and need onnxruntime-extensions registered in the app's session options"
+)
+
 # onnxruntime's checker names each EP's op list by the file it reads
 _EP_CHECKS = {
     "nnapi": (("NNAPI", None),),
@@ -201,12 +206,19 @@ class ConvertToOrt:
         converted = []
         style, platform = ctx.target.ort_optimization_style, ctx.target.ort_target_platform
         for model in models:
-            ctx.shipped.mobile = {"usability": mobile_usability(model.path, ctx.target.guidance)}
+            text_input = model.text_input
+            # the EPs' report is about the transformer: the tokenizer's nodes are custom ops the CPU EP runs
+            checked = text_input.ids_model if text_input else model.path
+            ctx.shipped.mobile = {"usability": mobile_usability(checked, ctx.target.guidance)}
+            if text_input:
+                ctx.shipped.mobile["in_graph_tokenizer"] = IN_GRAPH_TOKENIZER_NOTE
             ort_path = ctx.work / ctx.shipped_name(model)
-            conversion = convert_to_ort(model.path, ort_path, style, platform)
-            check = check_stage(self.name, ort_path, model.reference, model.precision)
+            conversion = convert_to_ort(model.path, ort_path, style, platform,
+                                        custom_op_library=text_input.custom_op_library if text_input else None)
+            check = check_stage(self.name, ort_path, model.reference, model.precision, text_input=text_input is not None)
             ctx.log(f"convert to ORT ({style}, {platform}): {checked_figures(check)}")
-            ctx.shipped.stages.append({"stage": self.name, **conversion.as_manifest(), "check": check.as_manifest()})
+            custom_ops = {"custom_op_library": "onnxruntime-extensions"} if text_input else {}
+            ctx.shipped.stages.append({"stage": self.name, **conversion.as_manifest(), **custom_ops, "check": check.as_manifest()})
             converted.append(replace(model, path=ort_path, kind="ort", beside=(conversion.config_path,)))
         return converted
 

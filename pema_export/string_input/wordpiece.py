@@ -102,8 +102,6 @@ def plan(tokenizer_json: dict) -> WordPiecePlan:
 
 @functools.lru_cache(maxsize=4)
 def _plan(tokenizer_text: str) -> WordPiecePlan:
-    from tokenizers import Tokenizer
-
     tokenizer_json = json.loads(tokenizer_text)
     model = tokenizer_json["model"]
     _check_components(tokenizer_json)
@@ -132,8 +130,7 @@ def _plan(tokenizer_text: str) -> WordPiecePlan:
     vocabulary_chars = set().union(*(set(line) for line in lines[:size] if not line.startswith("unreachable ")))
     vocabulary_chars -= {chr(ADDED_BASE + n) for n in range(len(added))}
 
-    tokenizer = Tokenizer.from_str(tokenizer_text)
-    entries = _character_table(tokenizer, vocabulary_chars)
+    entries = _character_table(tokenizer_json, vocabulary_chars)
     for number, token in enumerate(added):
         entries[token["content"]] = f" {BOUNDARY} {chr(ADDED_BASE + number)} {BOUNDARY} "
     charsmap = compile_charsmap(entries)
@@ -188,27 +185,44 @@ def _added_tokens(tokenizer_json: dict, size: int) -> list[dict]:
     return added
 
 
-def _character_table(tokenizer, vocabulary_chars: set[str]) -> dict[str, str]:
+def _character_table(tokenizer_json: dict, vocabulary_chars: set[str]) -> dict[str, str]:
     """{character: what the op must see instead}, for every code point tokenizers does not leave alone."""
+    layout = _character_layout(json.dumps({key: tokenizer_json.get(key) for key in ("normalizer", "pre_tokenizer")}, sort_keys=True))
+    entries = {}
+    for char, spelled in layout:
+        # a character no vocabulary token holds makes its word [UNK] whatever it is: one shared placeholder keeps
+        # the table small
+        entries[char] = "".join(
+            f" {BOUNDARY} " if kind == "space" else
+            f" {BOUNDARY} {out if out in vocabulary_chars else UNKNOWN_CHAR} {BOUNDARY} " if kind == "isolated" else
+            (out if out in vocabulary_chars else UNKNOWN_CHAR)
+            for out, kind in spelled
+        )
+    return entries
+
+
+@functools.lru_cache(maxsize=2)
+def _character_layout(components: str) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    """Per code point tokenizers does not leave alone: the characters the normalizer makes of it, each with its
+    pre-tokenizer role ("word", "space", "isolated"). It depends on the normalizer and pre-tokenizer only, not on
+    the vocabulary, so plans of the same tokenizer pruned differently (the size prediction's) share it."""
+    from tokenizers import Tokenizer
+
+    stub = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "post_processor": None, "decoder": None,
+            "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "a"}, **json.loads(components)}
+    tokenizer = Tokenizer.from_str(json.dumps(stub))
     code_points = [c for c in range(1, 0x110000) if not 0xD800 <= c <= 0xDFFF]
     normalized = _normalize_each(tokenizer, code_points)
     outputs = sorted({char for text in normalized.values() for char in text} | {chr(c) for c in code_points})
     role = _pre_tokenizer_roles(tokenizer, outputs)
-    entries = {}
+    layout = []
     for code_point in code_points:
         char = chr(code_point)
         text = normalized.get(code_point, char)
         if text == char and role.get(char, "word") == "word":
             continue  # the op keeps it inside its word as tokenizers does
-        spelled = []
-        for out in text:
-            kind = role.get(out, "word")
-            # a character no vocabulary token holds makes its word [UNK] whatever it is: one shared placeholder
-            # keeps the table small
-            known = out if out in vocabulary_chars else UNKNOWN_CHAR
-            spelled.append(f" {BOUNDARY} " if kind == "space" else f" {BOUNDARY} {known} {BOUNDARY} " if kind == "isolated" else known)
-        entries[char] = "".join(spelled)
-    return entries
+        layout.append((char, tuple((out, role.get(out, "word")) for out in text)))
+    return tuple(layout)
 
 
 def _normalize_each(tokenizer, code_points: list[int], chunk: int = 50_000) -> dict[int, str]:
