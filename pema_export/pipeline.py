@@ -184,8 +184,10 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
         with beside(timings, "fidelity", "export", lambda stop: fidelity(plan, vocabulary, tokenizers, staged, log, stop)) as checked:
             with timings.step("export"):
                 exported = export(plan, vocabulary, partial, staged.work, log)
+            with timings.step("fidelity wait"):  # what fidelity still needed once the export was done
+                fidelity_report = checked.result()
         with timings.step("parity"):
-            verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, checked.result(), log)
+            verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, fidelity_report, log)
         shipped = ship_stages(plan, vocabulary, exported, verified, text_plan, staged, staged.work, log, timings)
         with timings.step("held out"):
             heldout = held_out(plan, vocabulary, staged, log)

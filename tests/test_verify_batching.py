@@ -158,7 +158,7 @@ def test_timings_are_recorded_beside_the_manifest_not_in_it(web_bundle):
     on_disk = json.loads((bundle / TIMINGS_NAME).read_text(encoding="utf-8"))
     assert on_disk["seconds"].keys() == timings["seconds"].keys()
     steps = on_disk["seconds"]
-    for step in ("prepare", "scan", "partial model", "tokenizer", "export", "fidelity", "parity",
+    for step in ("prepare", "scan", "partial model", "tokenizer", "export", "fidelity", "fidelity wait", "parity",
                  "stage quantize int8", "stage files", "held out", "manifest", "commit"):
         assert steps[step] >= 0, step
     assert on_disk["concurrent"] == {"fidelity": "export"}
