@@ -260,7 +260,32 @@ def tables(rows: list[dict], set_names: list[str]) -> str:
             out.append(f"\ndefault, cpu int8 bundle: {size:,.0f} bytes = {size / plain['int8']['folder_bytes']:.3f} × optimum int8 "
                        f"({plain['int8']['folder_bytes']:,}); accuracy {statistics.median(r['accuracy'] for r in int8):.4f}")
         out.append("")
-    return "\n".join(out)
+    return "\n".join(out + [summary(rows, set_names)])
+
+
+def summary(rows: list[dict], set_names: list[str]) -> str:
+    """One line per method across the sets: each set's median accuracy minus the full vocabulary's median on the
+    seeds both have, and the bundle bytes against the full vocabulary's."""
+    present = [name for name in set_names if any(r["set"] == name and r["method"] == "full" for r in rows)]
+    out = ["### Across the sets: Δ accuracy vs the full vocabulary (median over seeds; seeds run)", "",
+           "| method | " + " | ".join(present) + " | median Δ | bytes × full (median) |",
+           "|---|" + "---:|" * (len(present) + 2)]
+    for method in METHODS:
+        deltas, ratios, cells = [], [], []
+        for name in present:
+            mine = {r["seed"]: r for r in rows if r["set"] == name and r["method"] == method and "error" not in r}
+            full = {r["seed"]: r for r in rows if r["set"] == name and r["method"] == "full" and "error" not in r}
+            seeds = sorted(set(mine) & set(full))
+            if not seeds:
+                cells.append("")
+                continue
+            delta = (statistics.median(mine[s]["accuracy"] for s in seeds) - statistics.median(full[s]["accuracy"] for s in seeds)) * 100
+            deltas.append(delta)
+            ratios.append(statistics.median(mine[s]["bundle_bytes"] / full[s]["bundle_bytes"] for s in seeds))
+            cells.append(f"{delta:+.1f} pt ({len(seeds)})")
+        if deltas and method != "full":
+            out.append(f"| {method} | " + " | ".join(cells) + f" | **{statistics.median(deltas):+.1f} pt** | {statistics.median(ratios):.3f} |")
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -217,8 +217,9 @@ class TailEmbedding(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(exact)  # the kept rows: what training trained and a tied head reads
         self.kept = exact.shape[0]
-        index_dtype = torch.int16 if len(row_of) <= np.iinfo(np.int16).max else torch.int32
-        self.register_buffer("row_of", torch.as_tensor(row_of).to(index_dtype))
+        # int32, not int16 even where the ids fit: onnxruntime-web's browser build (the .asyncify.wasm transformers.js
+        # loads) has no Cast from int16 and refuses the session; Cast from int32 and uint8 run (checked in Chromium)
+        self.register_buffer("row_of", torch.as_tensor(row_of).to(torch.int32))
         self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes, dtype=np.uint8)))
         sub_vectors, centroids, width = quantizer.codebook.shape
         self.register_buffer("codebook", torch.from_numpy(quantizer.codebook.reshape(sub_vectors * centroids, width).copy()))

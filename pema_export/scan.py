@@ -192,9 +192,10 @@ def scan_vocabulary(
         oov, dropout, oov_choice = auto.choose(
             resolved.trains_on(summary.label_kind),
             unk_token_id(tokenizer_json) is not None,
-            {name: POLICIES[name].refusal(resolved) for name in auto.CANDIDATES},
+            {name: POLICIES[name].refusal(resolved) for name in (auto.PREFERRED, *auto.CANDIDATES)},
             lambda name: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target,
                                                 get_policy(name, settings))(choose(max_vocab, name)),
+            tail_rows=int(np.count_nonzero(choose(max_vocab, auto.PREFERRED).id_map < 0)),
         )
 
     predicted = None

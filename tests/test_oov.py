@@ -118,40 +118,48 @@ def test_auto_takes_remap_unless_its_bundle_grows_more_than_two_percent():
     assert resolve_auto_oov({"remap": 90, "fallback": 100}, unavailable="fill-mask logits are over the kept rows")[0] == "fallback"
 
 
-def test_auto_weighs_the_real_bundles_of_each_policy(minilm_tokenizer_json, tiny_bert, labelled_corpus, tmp_path):
-    """An encoder (no labels): MiniLM (30k vocabulary, 711 kB tokenizer.json) gets remap, +0.2% on the int8 cpu
-    bundle and a saving on the web one (fp32 rows are 4x dearer); a model whose tokenizer outweighs its layers gets
-    fallback. A labelled corpus gets unk with word dropout, whatever the sizes."""
+def test_auto_takes_the_compressed_tail_wherever_enough_rows_lie_outside_the_corpus(minilm_tokenizer_json):
+    """MiniLM: an encoder (no labels) and a fine-tuned classifier both get the tail (the original tokenizer, the
+    corpus's rows exact, the other ~29k coded), without word dropout: an unseen word keeps its own rows."""
     minilm = resolve_model(None)
-    queries = SAMPLES / "search_texts.txt"
-    for target in ("cpu", "web"):
-        scan = scan_vocabulary(minilm, minilm_tokenizer_json, [queries], oov="auto", target=load_target(target))
-        assert scan.oov == "remap" and scan.oov_choice["chosen"] == "remap" and scan.oov_dropout == 0.0
-        predicted = scan.oov_choice["predicted_bytes"]
-        assert predicted["remap"] <= 1.02 * predicted["fallback"]
-        assert scan.kept.size == scan_vocabulary(minilm, minilm_tokenizer_json, [queries], oov="remap").kept.size
-    labelled = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "app_texts.txt"], oov="auto", target=load_target("cpu"))
-    assert (labelled.oov, labelled.oov_dropout) == ("unk", 0.1) and "a labelled corpus" in labelled.oov_choice["reason"]
-    tiny = resolve_model(str(tiny_bert))
-    tiny_json = json.loads(tiny.tokenizer_json.read_text(encoding="utf-8"))
-    unlabelled = tmp_path / "texts.txt"
-    unlabelled.write_text("\n".join(line.split("\t", 1)[1] for line in labelled_corpus.read_text(encoding="utf-8").splitlines()) + "\n")
-    scan = scan_vocabulary(tiny, tiny_json, [unlabelled], oov="auto", target=load_target("cpu"))
-    assert scan.oov == "fallback" and scan.oov_choice["predicted_bytes"]["remap"] > 1.02 * scan.oov_choice["predicted_bytes"]["fallback"]
+    for corpus in (SAMPLES / "search_texts.txt", SAMPLES / "app_texts.txt"):
+        for target in ("cpu", "web"):
+            scan = scan_vocabulary(minilm, minilm_tokenizer_json, [corpus], oov="auto", target=load_target(target))
+            assert (scan.oov, scan.oov_dropout) == ("tail", 0.0) and scan.oov_choice["chosen"] == "tail"
+            assert f"the other {30522 - scan.kept.size:,} compressed" in scan.oov_choice["reason"]
+
+
+def test_auto_with_too_few_rows_for_a_tail_keeps_the_earlier_rule():
+    """Fewer than 256 rows outside the corpus (no codebook to learn): a labelled corpus gets unk with word dropout;
+    otherwise remap, unless its bundle grows more than 2% over fallback's, or it cannot serve the task."""
+    from pema_export.oov import auto
+
+    no_refusals = {"tail": None, "remap": None, "fallback": None}
+    policy, dropout, record = auto.choose(True, True, no_refusals, lambda name: 100, tail_rows=255)
+    assert (policy, dropout) == ("unk", 0.1) and record["reason"].startswith("only 255 rows lie outside the corpus")
+    sizes = {"remap": 103, "fallback": 100}
+    assert auto.choose(False, True, no_refusals, sizes.get, tail_rows=10)[0] == "fallback"
+    assert auto.choose(False, True, no_refusals, {"remap": 101, "fallback": 100}.get, tail_rows=10)[0] == "remap"
+    refused = {**no_refusals, "tail": object()}  # a task the tail cannot serve falls back to the earlier rule
+    assert auto.choose(True, True, refused, lambda name: 100, tail_rows=5000)[0] == "unk"
+    assert auto.choose(True, True, no_refusals, lambda name: 100, tail_rows=256)[:2] == ("tail", 0.0)
 
 
 def test_the_default_is_auto_and_the_manifest_and_scan_say_what_it_chose(tiny_bert, labelled_corpus, tmp_path):
     out = tmp_path / "app" / "model.onnx"
     manifest = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(out), model=str(tiny_bert), train=TrainOptions(epochs=1))).manifest.to_json()
     choice = manifest["vocab"]["oov_choice"]
-    assert manifest["vocab"]["oov"] == choice["chosen"] == "unk" and choice["requested"] == "auto"
-    assert manifest["training"]["oov_dropout"] == choice["oov_dropout"] == 0.1 and manifest["training"]["oov_dropout_substitute"] == "UNK"
-    assert manifest["vocab"]["kept"] == json.loads((out.parent / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    assert choice["requested"] == "auto" and manifest["vocab"]["oov"] == choice["chosen"]
+    # the tiny model's 600-token vocabulary leaves 129 rows outside this corpus: too few for a codebook, so the
+    # earlier rule (MiniLM, with ~29k such rows, gets the tail: the test above)
+    tail_rows = manifest["vocab"]["original"] - manifest["vocab"]["kept"]
+    assert choice["chosen"] == "unk" and manifest["training"]["oov_dropout"] == choice["oov_dropout"] == 0.1
+    assert choice["reason"].startswith(f"only {tail_rows} rows lie outside the corpus, too few for a compressed tail")
     explicit = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "b" / "model.onnx"), model=str(tiny_bert),
-                                 train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest.to_json()
-    assert explicit["vocab"]["oov"] == "unk" and explicit["training"]["oov_dropout"] == 0.0  # a given rate wins
+                                 oov="unk", train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest.to_json()
+    assert explicit["vocab"]["oov"] == "unk" and explicit["training"]["oov_dropout"] == 0.0  # a given policy and rate win
     done = run_cli("scan", "--corpus", labelled_corpus, "--model", tiny_bert)
-    assert done.returncode == 0 and "--oov unk (auto: a labelled corpus" in done.stdout
+    assert done.returncode == 0 and f"--oov {choice['chosen']} (auto: " in done.stdout
 
 
 def test_nearest_kept_table_maps_dropped_ids_to_the_closest_non_special_kept_row():

@@ -61,7 +61,8 @@ def test_the_default_export_trains_five_epochs_and_ships_a_checked_fused_int8_mo
     _, manifest, stdout = classifier_bundle
     assert manifest["target"]["name"] == "cpu" and manifest["target"]["quantize"] == "int8"
     assert manifest["training"]["epochs"] == 5 and len(manifest["training"]["eval_accuracy_per_epoch"]) == 5
-    assert manifest["vocab"]["oov"] == "unk" and manifest["training"]["oov_dropout"] == 0.1  # --oov auto's choice
+    assert manifest["vocab"]["oov"] == "tail" and manifest["training"]["oov_dropout"] == 0.0  # --oov auto's choice
+    assert manifest["vocab"]["tail"]["rows"] == 30522 - manifest["vocab"]["kept"] and manifest["vocab"]["tail"]["row_bytes"] == 24
     stages = {stage["stage"]: stage for stage in manifest["stages"]}
     assert stages["optimize"]["applied"] and stages["optimize"]["fused"]["Attention"] == 6
     assert stages["optimize"]["check"]["max_abs_diff"] <= 1e-4
@@ -72,7 +73,8 @@ def test_the_default_export_trains_five_epochs_and_ships_a_checked_fused_int8_mo
 def test_the_int8_model_is_about_one_byte_per_exported_parameter(classifier_bundle):
     out, manifest, _ = classifier_bundle
     exported = manifest["params"]["exported"]
-    assert abs(out.stat().st_size - exported) / exported < 0.05  # fp32 would be 4 bytes each
+    tail = sum(manifest["vocab"]["tail"]["bytes"].values())  # the coded rows: codes, fp32 codebook, row index
+    assert abs(out.stat().st_size - tail - exported) / exported < 0.05  # fp32 would be 4 bytes each
     assert manifest["embedding_bytes"]["model.onnx"] == {"dtype": "uint8", "bytes": manifest["vocab"]["kept"] * 384}
 
 
@@ -80,7 +82,9 @@ def test_config_and_tokenizer_agree_with_the_pruned_model(classifier_bundle):
     out, manifest, _ = classifier_bundle
     config = json.loads((out.parent / "config.json").read_text())
     tokenizer = Tokenizer.from_file(str(out.parent / "tokenizer.json"))
-    assert config["vocab_size"] == manifest["vocab"]["kept"] == tokenizer.get_vocab_size()
+    # the default (--oov tail) ships the original tokenizer and numbering; the corpus's rows are the exact ones
+    assert config["vocab_size"] == manifest["vocab"]["original"] == tokenizer.get_vocab_size() == 30522
+    assert manifest["vocab"]["kept"] + manifest["vocab"]["tail"]["rows"] == 30522
     assert sorted(config["id2label"].values()) == sorted(manifest["training"]["labels"])
     assert config["pad_token_id"] == tokenizer.token_to_id("[PAD]")
     embedding = next(i for i in onnx.load(str(out)).graph.initializer if i.name.endswith("word_embeddings.weight_quantized"))

@@ -40,7 +40,7 @@ OUTPUT = "sentence_embedding"
 def web_bundle(tmp_path_factory) -> tuple[Path, dict]:
     """MiniLM pruned to the search texts, pooled and normalised like sentence-transformers, for the web target.
 
-    --oov fallback, not the default (auto takes remap for this encoder): the tests below run this fp32 graph through
+    --oov fallback, not the default (auto takes the tail for this encoder): the tests below run this fp32 graph through
     the other targets' stages, which take the plain exported graph; remap bundles are tested in test_oov.py."""
     out = tmp_path_factory.mktemp("minilm-web") / "search-encoder" / "model.onnx"
     result = run(ExportOptions(corpus=[str(CORPUS)], out=str(out), target="web", oov="fallback"))

@@ -1,40 +1,51 @@
 """``--oov auto``, the default: no policy of its own, but a choice of one per corpus, model and target.
 
-From benchmarks/oov_accuracy.py and the encoder table in docs/oov.md:
-- a labelled corpus (a model to fine-tune) keeps only what it uses (unk) and trains with word dropout to UNK:
-  held-out accuracy 0.6 points under the full vocabulary at 0.50x its bytes (median of 3 seeds), ahead of
-  fallback and remap on every seed;
-- otherwise (an encoder, exported as pretrained) remap and fallback are weighed by the bundle bytes each would
-  make: remap kept sentence vectors closer to the full model's (mean cosine 0.75 vs 0.63 on text unlike the
-  corpus) at +0.2% bytes, and is chosen unless its bundle is more than REMAP_MAX_GROWTH larger (the original
-  tokenizer it ships is ~17 MB for a 250k vocabulary), or it cannot serve the task.
+From benchmarks/oov_accuracy.py (labelled evaluation sets of five kinds, three seeds) and benchmarks/encoder_oov.py
+(docs/oov.md has both tables):
+- ``tail`` whenever the vocabulary leaves enough rows outside the corpus for its codebook: the original tokenizer
+  and every row, the corpus's exact and the rest compressed, so text the corpus never had reads as in the full
+  model. A fine-tuned model gets 1 byte a row per 16 embedding values, an encoder exported as pretrained 1 per 4
+  (oov/tail.py says why);
+- otherwise (the corpus uses nearly the whole vocabulary, so almost nothing is pruned either way) the earlier
+  rule: a labelled corpus keeps only what it uses (unk) and trains with word dropout to UNK; an encoder gets remap
+  unless its bundle is more than REMAP_MAX_GROWTH larger than fallback's, or it cannot serve the task.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from pema_export.rowcodes import CENTROIDS
+
 NAME = "auto"
+PREFERRED = "tail"
 CLASSIFIER_POLICY = "unk"
 CLASSIFIER_DROPOUT = 0.1
 CANDIDATES = ("remap", "fallback")  # weighed in this order; the last is taken when the first cannot serve the task
 REMAP_MAX_GROWTH = 0.02
 
 
-def choose(trains: bool, has_unk: bool, refusals: dict[str, object], predict_bytes: Callable[[str], int]) -> tuple[str, float, dict]:
+def choose(trains: bool, has_unk: bool, refusals: dict[str, object], predict_bytes: Callable[[str], int],
+           tail_rows: int) -> tuple[str, float, dict]:
     """(policy, its --oov-dropout, the manifest's record of the choice). ``trains``: the corpus fine-tunes the model;
     ``refusals``: each candidate's Refusal for the task (or None); ``predict_bytes``: policy -> predicted bundle
-    bytes."""
+    bytes; ``tail_rows``: the rows a compressed tail would code."""
+    if tail_rows >= CENTROIDS and refusals.get(PREFERRED) is None:
+        return PREFERRED, 0.0, {
+            "requested": NAME, "chosen": PREFERRED,
+            "reason": f"the corpus's {'fine-tuned ' if trains else ''}rows exact and the other {tail_rows:,} compressed: "
+                      "unseen text reads as in the full model (docs/oov.md)",
+        }
+    fewer = f"only {tail_rows} rows lie outside the corpus, too few for a compressed tail ({CENTROIDS} needed); "
     if trains and has_unk:
         return CLASSIFIER_POLICY, CLASSIFIER_DROPOUT, {
             "requested": NAME, "chosen": CLASSIFIER_POLICY, "oov_dropout": CLASSIFIER_DROPOUT,
-            "reason": f"a labelled corpus: only what it uses, fine-tuned with --oov-dropout {CLASSIFIER_DROPOUT} "
-                      "(the most held-out accuracy per byte measured, docs/oov.md)",
+            "reason": fewer + f"a labelled corpus: only what it uses, fine-tuned with --oov-dropout {CLASSIFIER_DROPOUT}",
         }
     refusal = refusals[CANDIDATES[0]]
     policy, record = resolve_auto_oov({policy: predict_bytes(policy) for policy in CANDIDATES},
                                       unavailable=refusal.reason if refusal else None)
-    return policy, 0.0, record
+    return policy, 0.0, {**record, "reason": fewer + record["reason"]}
 
 
 def resolve_auto_oov(predicted: dict[str, int], unavailable: str | None = None) -> tuple[str, dict]:
