@@ -40,8 +40,8 @@ def export(name: str, checkout: Path, corpus: Path, out: Path, extra: list[str])
     stdout = process.stdout.read()
     code = process.wait()
     end = time.perf_counter() - start
-    if code:
-        raise SystemExit(f"{name}: exit {code}\n" + "\n".join(line for _, line in lines[-20:]))
+    if code:  # a RuntimeError, not SystemExit: a thread drops SystemExit without a word
+        raise RuntimeError(f"{name}: exit {code}\n" + "\n".join(line for _, line in lines[-20:]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "export.log").write_text("".join(f"{t:8.1f} {line}\n" for t, line in lines), encoding="utf-8")
     began = next(t for t, line in lines if line.startswith("pema-export: fine-tuning on"))
@@ -72,7 +72,11 @@ def main() -> None:
     results: list[dict] = []
 
     def one(name: str, checkout: Path, repeat: int) -> None:
-        result = export(name, checkout, args.corpus.resolve(), args.work.resolve() / f"{name}-{repeat}", extra)
+        try:
+            result = export(name, checkout, args.corpus.resolve(), args.work.resolve() / f"{name}-{repeat}", extra)
+        except RuntimeError as error:  # e.g. a briefly trained classifier refused by the int8 stage's bound
+            print(error, file=sys.stderr, flush=True)
+            return
         result["repeat"] = repeat
         results.append(result)
         print(json.dumps(result), flush=True)
@@ -96,6 +100,9 @@ def main() -> None:
                 thread.join()
     for name, _ in checkouts:
         mine = [r for r in results if r["checkout"] == name]
+        if not mine:
+            print(f"{name:8s} no export finished")
+            continue
         print(f"{name:8s} training {statistics.median(r['training_s'] for r in mine):7.1f} s, after training "
               f"{statistics.median(r['after_training_s'] for r in mine):6.1f} s, ratio "
               f"{statistics.median(r['ratio'] for r in mine):.3f} (median of {len(mine)}; per run "
