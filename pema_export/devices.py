@@ -227,6 +227,9 @@ class Replicas:
             raise self.failed(exc) from exc
         differing = [rank for rank, other in enumerate(seen) if other != seen[0]]
         if differing:
+            # every process sees the same list and stops here: leave the process group together, or gloo's threads are
+            # still running when the interpreter exits and abort it ("terminate called without an active exception")
+            self._accelerator.end_training()  # destroys the process group
             raise DeviceError(f"process {differing[0]} of {self.processes.count} has other {what} than process 0; "
                               "every machine needs the same corpus files and model")
 
