@@ -172,7 +172,8 @@ def fingerprint(work: Path, fixtures: dict[str, str], only: set[str] | None) -> 
                      "summary_sha256": hashlib.sha256(done.stdout.encode()).hexdigest(), "files": {}}
             bundle = work / out.parent
             if done.returncode == 0:
-                entry["files"] = {str(p.relative_to(bundle)): sha256(p) for p in sorted(bundle.rglob("*")) if p.is_file()}
+                entry["files"] = {str(p.relative_to(bundle)): sha256(p) for p in sorted(bundle.rglob("*"))
+                                  if p.is_file() and p.name != "pema-timings.json"}  # wall times: differ every run
                 size = cli(["size", "--json", str(out.parent)], work)
                 entry["size_json_sha256"] = hashlib.sha256(size.stdout.encode()).hexdigest()
             record[name] = entry

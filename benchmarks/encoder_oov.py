@@ -69,7 +69,8 @@ def main() -> None:
                             "--quiet", *options], check=True, capture_output=True, text=True)
             manifest = json.loads((out.parent / "pema-manifest.json").read_text(encoding="utf-8"))
             row = {"method": method, "oov": manifest["vocab"]["oov"], "kept": manifest["vocab"]["kept"],
-                   "bundle_bytes": sum(f.stat().st_size for f in out.parent.rglob("*") if f.is_file()), "sets": {}}
+                   "bundle_bytes": sum(f.stat().st_size for f in out.parent.rglob("*")
+                                                      if f.is_file() and f.name != "pema-timings.json"), "sets": {}}
             for name, batch in texts.items():
                 cosines, agreement = compare_vectors(embed(out, batch), full[name])
                 row["sets"][name] = {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()),

@@ -136,7 +136,7 @@ def export(folder: Path, options: list[str], test: Path) -> dict:
     vocab = manifest["vocab"]
     return {
         "kept_rows": vocab["kept"], "oov": vocab["oov"], "tail": vocab.get("tail"),
-        "bundle_bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()),
+        "bundle_bytes": sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and f.name != "pema-timings.json"),
         "model_bytes": out.stat().st_size, "accuracy": accuracy, "unk_rate": unk_rate,
         "fp32_eval_accuracy": (manifest.get("training") or {}).get("eval_accuracy"),
         "parity_max_abs_diff": manifest["parity"]["max_abs_diff"], "seconds": round(seconds),

@@ -38,7 +38,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="pema-predict-") as scratch:
             out = Path(scratch) / "bundle" / "model.onnx"
             subprocess.run([exe, *options, "--out", str(out), "--quiet"], capture_output=True, text=True, check=True)
-            written = sum(f.stat().st_size for f in out.parent.rglob("*") if f.is_file())
+            written = sum(f.stat().st_size for f in out.parent.rglob("*") if f.is_file() and f.name != "pema-timings.json")
         rows.append({"target": target, "quantize": quantize, "predicted": predicted, "written": written})
         print(f"| {target} | {quantize} | {predicted:,} | {written:,} | {predicted - written:+,} | "
               f"{(predicted - written) / written:+.3%} |", flush=True)

@@ -5,16 +5,20 @@ manifest -> commit
 
 ``run`` reads as that sequence; each step below is one function, its inputs the records earlier steps returned.
 In a data-parallel launch (accelerate launch, torchrun) every process runs the steps up to training; process 0
-alone goes on, the others return before anything is written.
+alone goes on, the others return before anything is written. Tokenization fidelity, which needs only the
+tokenizers, runs in a helper thread beside the export (``tokenizers`` releases the GIL). Each step's wall seconds
+are logged and written to ``pema-timings.json`` beside the manifest (timings.py).
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -50,6 +54,7 @@ from pema_export.stages import string_input as string_input_stage
 from pema_export.stages.formats import format_of
 from pema_export.tasks import TASKS, Task, rounded
 from pema_export.tokenizers import original_tokenizer_json, prune_tokenizer, pruned_tokenizer_config, tokenizer_family, tokenizer_json_text
+from pema_export.timings import TIMINGS_NAME, Timings
 from pema_export.tokenizers.sentencepiece_model import prune_sentencepiece_files
 from pema_export.train import EncodedSet, TrainOptions, fine_tune, labels_seen_once, split_held_out, word_spans
 from pema_export.verify import (
@@ -60,7 +65,7 @@ from pema_export.verify import (
     ParityReport,
     check_parity,
     check_tokenization,
-    onnx_reference,
+    parity_and_reference,
     torch_reference,
 )
 from pema_export.vocab import KeptVocab, open_tokenizer, unk_token_id
@@ -96,6 +101,7 @@ class ExportResult:
     out_dir: Path
     files: list[Path]
     manifest: Manifest
+    timings: dict  # what pema-timings.json holds (timings.Timings.as_json)
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,9 @@ class Verified:
 def run(options: ExportOptions, log: Callable[[str], None] = lambda message: None) -> ExportResult | None:
     """Export a pruned, fine-tuned (when labelled), verified bundle next to ``options.out``; None in the processes of
     a launch other than process 0, which train and write nothing."""
-    plan = prepare(options)
+    timings = Timings(log)
+    with timings.step("prepare"):
+        plan = prepare(options)
     if not plan.placement.processes.is_main:
         return train_beside(plan)
     # The output folder is claimed before any work (a second export to it is refused); everything, scratch files
@@ -160,21 +168,56 @@ def run(options: ExportOptions, log: Callable[[str], None] = lambda message: Non
     launched = plan.placement.processes.count > 1
     with ExitStack() as claimed:
         staged = None if launched else claimed.enter_context(StagedBundle(plan.out.parent))
-        vocabulary = scan(plan, log)
-        text_plan = string_input_plan(plan, vocabulary, log)
-        partial = partial_model(plan, vocabulary)
-        training = train(plan, vocabulary, partial, log)
+        with timings.step("scan"):
+            vocabulary = scan(plan, log)
+        with timings.step("string input plan"):
+            text_plan = string_input_plan(plan, vocabulary, log)
+        with timings.step("partial model"):
+            partial = partial_model(plan, vocabulary)
+        training = None
+        if vocabulary.labels is not None:
+            with timings.step("train"):
+                training = train(plan, vocabulary, partial, log)
         staged = staged or claimed.enter_context(StagedBundle(plan.out.parent))
-        tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
-        exported = export(plan, vocabulary, partial, staged.work, log)
-        verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, log)
-        shipped = ship_stages(plan, vocabulary, exported, verified, text_plan, staged, staged.work, log)
-        heldout = held_out(plan, vocabulary, staged, log)
-        manifest = build_manifest(plan, vocabulary, partial, training, heldout, verified, shipped, staged)
-        files = commit(plan, vocabulary, manifest, staged)
-    log(f"wrote {len(files)} files to {plan.out.parent}")
+        with timings.step("tokenizer"):
+            tokenizers = write_tokenizer(plan, vocabulary, partial, staged)
+        with beside(timings, "fidelity", "export", lambda stop: fidelity(plan, vocabulary, tokenizers, staged, log, stop)) as checked:
+            with timings.step("export"):
+                exported = export(plan, vocabulary, partial, staged.work, log)
+            with timings.step("fidelity wait"):  # what fidelity still needed once the export was done
+                fidelity_report = checked.result()
+        with timings.step("parity"):
+            verified = verify(plan, vocabulary, tokenizers, partial, exported, staged, fidelity_report, log)
+        shipped = ship_stages(plan, vocabulary, exported, verified, text_plan, staged, staged.work, log, timings)
+        with timings.step("held out"):
+            heldout = held_out(plan, vocabulary, staged, log)
+        with timings.step("manifest"):
+            manifest = build_manifest(plan, vocabulary, partial, training, heldout, verified, shipped, staged)
+        files = commit(plan, vocabulary, manifest, staged, timings)
+    post, trained = timings.post_training_seconds(), timings.seconds.get("train", 0.0)
+    log(f"wrote {len(files)} files to {plan.out.parent}; the steps after training took {post:.0f} s"
+        + (f", {post / trained:.2f}x training's {trained:.0f} s" if training else ""))
     save_full(plan, vocabulary, partial, log)
-    return ExportResult(out_dir=plan.out.parent, files=files, manifest=manifest)
+    return ExportResult(out_dir=plan.out.parent, files=files, manifest=manifest, timings=timings.as_json())
+
+
+@contextmanager
+def beside(timings: Timings, name: str, other: str, step: Callable[[Callable[[], bool]], object]) -> Iterator[Future]:
+    """Run ``step`` in a helper thread while the body (``other``) runs; yields its future. If the body fails, the
+    step is told to stop (``step`` polls the function it is given) and waited for."""
+    stop = threading.Event()
+
+    def timed():
+        with timings.step(name, beside=other):
+            return step(stop.is_set)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"pema-{name}") as pool:
+        future = pool.submit(timed)
+        try:
+            yield future
+        except BaseException:
+            stop.set()
+            raise
 
 
 def train_beside(plan: Plan) -> None:
@@ -335,31 +378,43 @@ def export(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, work: Path
     return Exported(fp32, model)
 
 
-def verify(plan: Plan, vocabulary: Vocabulary, tokenizers: Tokenizers, partial: PartialModel, exported: Exported,
-           staged: StagedBundle, log: Callable[[str], None]) -> Verified:
-    """Tokenization fidelity on every corpus text, then the graph against the torch model on the parity sample."""
-    log("verifying tokenization on every corpus text and outputs on a sample with onnxruntime")
-    # the pruned vocabulary is checked in the shipped file itself, unless the bundle ships the original numbering
-    # (a graph stage such as remap's id table is then checked on original ids in ship)
-    shipped = staged.path("tokenizer.json")
-    pruned = open_tokenizer(tokenizers.pruned_json if vocabulary.scan.policy.ships_original_numbering else shipped)
+def fidelity(plan: Plan, vocabulary: Vocabulary, tokenizers: Tokenizers, staged: StagedBundle, log: Callable[[str], None],
+             cancelled: Callable[[], bool] = lambda: False) -> FidelityReport:
+    """Tokenization fidelity on every corpus text, streamed; tokenizers only, so it runs beside the export."""
+    log("verifying tokenization on every corpus text, beside the export")
+    # tokenizers of its own: it runs in another thread, and the parity check sets truncation on the one it uses
+    pruned = open_tokenizer(_checked_tokenizer(vocabulary, tokenizers, staged))
     texts = (e.text for e in read_corpus(plan.corpus_paths))
-    fidelity = check_tokenization(plan.original_tokenizer, pruned, vocabulary.kept, texts)
-    tokenizer = vocabulary.applied.parity_tokenizer(pruned, shipped)
+    return check_tokenization(open_tokenizer(plan.tokenizer_json), pruned, vocabulary.kept, texts, cancelled)
+
+
+def verify(plan: Plan, vocabulary: Vocabulary, tokenizers: Tokenizers, partial: PartialModel, exported: Exported,
+           staged: StagedBundle, fidelity: FidelityReport, log: Callable[[str], None]) -> Verified:
+    """The graph against the torch model on the parity sample, in the one pass that also keeps the fp32 graph's
+    outputs for the stages' checks; ``fidelity`` is the tokenization check's report (done beside the export)."""
+    log("verifying outputs on a sample with onnxruntime")
+    shipped = staged.path("tokenizer.json")
+    tokenizer = vocabulary.applied.parity_tokenizer(open_tokenizer(_checked_tokenizer(vocabulary, tokenizers, staged)), shipped)
     tokenizer.enable_truncation(plan.options.max_length)
     task, sample, pad_id = vocabulary.scan.task, vocabulary.scan.summary.sample_texts, _pad_id(exported.model.config)
     torch_model = torch_reference(exported.model, task, partial.pooling)
-    parity = check_parity(exported.fp32, torch_model, tokenizer, sample, pad_id=pad_id)
+    parity, reference = parity_and_reference(exported.fp32, torch_model, tokenizer, sample, pad_id=pad_id,
+                                             bound=task.quantized_bound)
     extra = vocabulary.applied.parity_texts(plan.options.train.seed)
     if extra:  # inputs that reach what the policy added to the model, which corpus texts never do
         added = check_parity(exported.fp32, torch_model, tokenizer, extra, pad_id=pad_id)
         vocabulary.applied.record_parity(added.texts_checked, added.max_abs_diff)
-    reference = onnx_reference(exported.fp32, tokenizer, sample, pad_id=pad_id, bound=task.quantized_bound)
     return Verified(fidelity, parity, reference)
 
 
+def _checked_tokenizer(vocabulary: Vocabulary, tokenizers: Tokenizers, staged: StagedBundle) -> dict | Path:
+    """The pruned vocabulary as checked: in the shipped file itself, unless the bundle ships the original numbering
+    (a graph stage such as remap's id table is then checked on original ids in ship)."""
+    return tokenizers.pruned_json if vocabulary.scan.policy.ships_original_numbering else staged.path("tokenizer.json")
+
+
 def ship_stages(plan: Plan, vocabulary: Vocabulary, exported: Exported, verified: Verified, text_plan, staged: StagedBundle,
-                work: Path, log: Callable[[str], None]) -> Shipped:
+                work: Path, log: Callable[[str], None], timings: Timings | None = None) -> Shipped:
     """The target's stages (and the policy's graph stages, and the string input), each checked against the fp32 ONNX;
     the files staged."""
     log(f"building the {plan.target.name} bundle: {stage_names(plan.target)}, each checked against the fp32 ONNX")
@@ -370,7 +425,7 @@ def ship_stages(plan: Plan, vocabulary: Vocabulary, exported: Exported, verified
         graph_stages = (*graph_stages, string_input_stage.StringInput(
             text_plan, corpus_texts=lambda: iter_texts(plan.corpus_paths), heldout_texts=tuple(iter_texts(plan.eval_paths)) if plan.eval_paths else ()))
     return ship(plan.target, exported.fp32, ModelShape.from_config(exported.model.config), verified.reference, staged,
-                plan.out, work, log, graph_stages)
+                plan.out, work, log, graph_stages, timings=timings)
 
 
 def held_out(plan: Plan, vocabulary: Vocabulary, staged: StagedBundle, log: Callable[[str], None]) -> HeldOutRecord | None:
@@ -444,11 +499,15 @@ def build_manifest(plan: Plan, vocabulary: Vocabulary, partial: PartialModel, tr
     )
 
 
-def commit(plan: Plan, vocabulary: Vocabulary, manifest: Manifest, staged: StagedBundle) -> list[Path]:
-    """Write the manifest, hold the bundle to --max-bytes, and move it into place."""
-    staged.write_manifest(manifest.to_json())
-    if plan.options.max_bytes is not None:
-        _check_max_bytes(staged, plan.options.max_bytes, vocabulary.scan.predicted_bytes)
+def commit(plan: Plan, vocabulary: Vocabulary, manifest: Manifest, staged: StagedBundle,
+           timings: Timings | None = None) -> list[Path]:
+    """Write the manifest, hold the bundle to --max-bytes, write the timings, and move it all into place."""
+    with (timings or Timings()).step("commit"):
+        staged.write_manifest(manifest.to_json())
+        if plan.options.max_bytes is not None:
+            _check_max_bytes(staged, plan.options.max_bytes, vocabulary.scan.predicted_bytes)
+    if timings is not None:  # after the --max-bytes check: that holds the bundle an app ships, this is not part of it
+        staged.path(TIMINGS_NAME).write_text(timings.to_text(), encoding="utf-8")
     return staged.commit()
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pema_export.bundle import MANIFEST_NAME, check_complete, is_staging
+from pema_export.timings import TIMINGS_NAME
 from pema_export.manifest import Manifest
 
 PARTS = ("token_embedding", "token_embedding_tail", "position_embeddings", "encoder_layers", "head", "other")
@@ -118,7 +119,7 @@ class SizeReport:
 
 
 def bundle_report(bundle_dir: str | Path) -> SizeReport:
-    """Measure every file of a bundle folder (the manifest included: it ships too)."""
+    """Measure every file of a bundle folder (the manifest included: it ships too; the export's timings do not)."""
     bundle_dir = Path(bundle_dir)
     from pema_export.errors import OutputError
 
@@ -128,8 +129,9 @@ def bundle_report(bundle_dir: str | Path) -> SizeReport:
     # a half-moved or mixed bundle is refused here rather than measured (bundle.py: the move into place)
     check_complete(bundle_dir)
     files = []
-    # staging folders of running (or killed) exports are not part of the bundle
-    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file() and not is_staging(p, bundle_dir)):
+    # staging folders of running (or killed) exports are not part of the bundle, nor the export's timings
+    for path in sorted(p for p in bundle_dir.rglob("*")
+                       if p.is_file() and not is_staging(p, bundle_dir) and p.name != TIMINGS_NAME):
         data = path.read_bytes()
         breakdown = model_breakdown(path) if path.suffix in MODEL_SUFFIXES else None
         files.append(FileSize(str(path.relative_to(bundle_dir)), len(data), deflate_size(data), breakdown))

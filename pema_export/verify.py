@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -22,7 +23,7 @@ from pema_export.models import Pooling
 from pema_export.pooling import pool_torch
 from pema_export.tasks import SENTENCE_OUTPUT, CosineCloseness, Task, Top1Agreement
 from pema_export.train import pad_batch
-from pema_export.vocab import KeptVocab
+from pema_export.vocab import KeptVocab, encoded_ahead
 
 PARITY_SAMPLE = 1000  # texts checked for output parity: all of them when the corpus has fewer
 PARITY_ATOL = 1e-4
@@ -42,25 +43,47 @@ class ParityReport:
     outputs: tuple[str, ...]
 
 
-def check_tokenization(original: Tokenizer, pruned: Tokenizer, kept: KeptVocab, texts: Iterable[str]) -> FidelityReport:
-    """Every text whose tokens were all kept must get exactly the original ids, renumbered."""
+def check_tokenization(original: Tokenizer, pruned: Tokenizer, kept: KeptVocab, texts: Iterable[str],
+                       cancelled: Callable[[], bool] = lambda: False) -> FidelityReport:
+    """Every text whose tokens were all kept must get exactly the original ids, renumbered.
+
+    Streams ``texts`` in batches (memory stays one batch ahead, whatever the corpus size), encodes the next batch
+    while this one is compared (``tokenizers`` releases the GIL), and compares a batch's ids as arrays.
+    ``cancelled``: polled between batches, so a check running beside another step stops when that step failed."""
     id_map = kept.id_map
     checked = dropped = 0
-    for batch in batched(texts, 1024):
-        for text, before, after in zip(
-            batch, original.encode_batch(batch), pruned.encode_batch(batch)
-        ):
-            expected = id_map[np.asarray(before.ids, dtype=np.int64)]
-            if (expected < 0).any():
-                dropped += 1
-                continue
-            checked += 1
-            if expected.tolist() != after.ids:
-                raise VerificationError(
-                    f"tokenization fidelity failed on corpus text {text[:80]!r}: "
-                    f"pruned ids {after.ids[:12]} != original ids mapped {expected.tolist()[:12]}"
-                )
+    encode = lambda batch: ([e.ids for e in original.encode_batch_fast(batch)], [e.ids for e in pruned.encode_batch_fast(batch)])
+    for batch, (before, after) in encoded_ahead(encode, batched(texts, 1024)):
+        if cancelled():
+            break
+        width = max(max(map(len, before), default=0), max(map(len, after), default=0))
+        expected, lengths = _ragged(before, width, id_map)
+        got, got_lengths = _ragged(after, width)
+        has_dropped = (expected == -1).any(axis=1)
+        same = (lengths == got_lengths) & (expected == got).all(axis=1)
+        failed = np.flatnonzero(~same & ~has_dropped)
+        if failed.size:
+            row = int(failed[0])
+            want = expected[row, : lengths[row]].tolist()
+            raise VerificationError(
+                f"tokenization fidelity failed on corpus text {batch[row][:80]!r}: "
+                f"pruned ids {after[row][:12]} != original ids mapped {want[:12]}"
+            )
+        dropped += int(has_dropped.sum())
+        checked += len(batch) - int(has_dropped.sum())
     return FidelityReport(texts_checked=checked, tokenization_mismatches=0, texts_with_dropped_tokens=dropped)
+
+
+def _ragged(rows: list[list[int]], width: int, id_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ids as one (texts, width) array padded with -2 (never an id, nor id_map's -1 for a dropped token),
+    mapped through ``id_map`` when given, and the rows' lengths."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    if id_map is not None:
+        flat = id_map[flat]
+    table = np.full((len(rows), width), -2, dtype=np.int64)
+    table[np.arange(table.shape[1]) < lengths[:, None]] = flat
+    return table, lengths
 
 
 def torch_reference(model: nn.Module, task: Task, pooling: Pooling | None) -> Callable[[torch.Tensor, torch.Tensor], dict]:
@@ -79,6 +102,48 @@ def torch_reference(model: nn.Module, task: Task, pooling: Pooling | None) -> Ca
     return forward
 
 
+# Texts per onnxruntime/PyTorch run in the checks, and tokens per run: equal-length texts are stacked (no padding),
+# so a batch computes each text with exactly the operations of a run on that text alone.
+BATCH_TEXTS = 64
+BATCH_TOKENS = 4096
+# The attention mask's path: one padded batch of texts of this many different lengths, as an app that batches sends.
+PADDED_TEXTS = 32
+
+
+def length_groups(lengths: Sequence[int], max_texts: int = BATCH_TEXTS, max_tokens: int = BATCH_TOKENS) -> list[list[int]]:
+    """Indices of texts grouped by equal token count, shortest first (ties in corpus order), at most ``max_texts``
+    texts and ``max_tokens`` tokens per group: batches that need no padding."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        cap = max(1, min(max_texts, max_tokens // max(lengths[index], 1)))
+        if groups and lengths[groups[-1][0]] == lengths[index] and len(groups[-1]) < cap:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def _feed(input_ids: np.ndarray, attention_mask: np.ndarray, input_names: set[str]) -> dict[str, np.ndarray]:
+    feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "token_type_ids" in input_names:
+        feed["token_type_ids"] = np.zeros_like(input_ids)
+    return feed
+
+
+def _worst_row(got: dict, expected: dict, attention_mask: np.ndarray) -> tuple[str, np.ndarray]:
+    """(output name, per-text max |diff|) of the output whose worst text differs most; padded positions excluded."""
+    valid = attention_mask.astype(bool)
+    worst_name, worst_diff = "", np.zeros(len(attention_mask))
+    for name, want in expected.items():
+        error = np.abs(got[name] - want)
+        if error.ndim == 3:  # per-token states: padding positions are not outputs anyone reads
+            error = np.where(valid[:, :, None], error, 0.0)
+        diff = error.reshape(len(attention_mask), -1).max(axis=1)
+        if not worst_name or diff.max() > worst_diff.max():
+            worst_name, worst_diff = name, diff
+    return worst_name, worst_diff
+
+
 def check_parity(
     onnx_path: Path,
     reference: Callable[[torch.Tensor, torch.Tensor], dict],
@@ -86,42 +151,75 @@ def check_parity(
     texts: list[str],
     pad_id: int,
     atol: float = PARITY_ATOL,
-    batch_size: int = 32,
 ) -> ParityReport:
-    """Run both sides on the same padded batches; fail naming the first text whose outputs differ by more than atol.
+    """The graph against ``reference`` (the PyTorch model) on ``texts``; fail naming the first text whose outputs
+    differ by more than atol. ``pruned`` truncates as the app will (``--max-length``)."""
+    return parity_and_reference(onnx_path, reference, pruned, texts, pad_id, atol=atol)[0]
 
-    ``pruned`` truncates as the app will (``--max-length``).
-    """
+
+def parity_and_reference(
+    onnx_path: Path,
+    reference: Callable[[torch.Tensor, torch.Tensor], dict],
+    pruned: Tokenizer,
+    texts: list[str],
+    pad_id: int,
+    bound: Top1Agreement | CosineCloseness | None = None,
+    atol: float = PARITY_ATOL,
+) -> tuple[ParityReport, OnnxReference]:
+    """Output parity, and the fp32 graph's outputs that every later stage is compared with, from one session and
+    one pass over ``texts``.
+
+    Both sides run on batches of equal-length texts (``length_groups``): no padding, so each text's outputs are
+    computed exactly as in a run on it alone, only many times faster than one text per run. Then one padded batch
+    of texts of different lengths checks the attention mask's path, which apps that batch rely on."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     input_names = {i.name for i in session.get_inputs()}
     output_names = [o.name for o in session.get_outputs()]
+    ids = [enc.ids for enc in pruned.encode_batch(texts)]
+    groups = length_groups([len(row) for row in ids])
     worst = 0.0
-    for batch in batched(texts, batch_size):
-        ids = [enc.ids for enc in pruned.encode_batch(batch)]
-        input_ids, attention_mask = pad_batch(ids, pad_id)
-        feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
-        if "token_type_ids" in input_names:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        got = dict(zip(output_names, session.run(output_names, feeds)))
-        expected = reference(input_ids, attention_mask)
-        valid = attention_mask.numpy().astype(bool)
-        for name, want in expected.items():
-            error = np.abs(got[name] - want)
-            if error.ndim == 3:  # per-token states: padding positions are not outputs anyone reads
-                error = np.where(valid[:, :, None], error, 0.0)
-            diff = error.reshape(len(batch), -1).max(axis=1)
-            if diff.max() > atol:
-                row = int(diff.argmax())
-                raise VerificationError(
-                    f"output parity failed on corpus text {batch[row][:80]!r}: {name} differs by {diff[row]:.3g} > {atol:g}"
-                )
-            worst = max(worst, float(diff.max()))
-    return ParityReport(texts_checked=len(texts), max_abs_diff=worst, outputs=tuple(output_names))
+    feeds, outputs, ordered = [], [], []
+
+    def compare(rows: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, np.ndarray]:
+        nonlocal worst
+        feed = _feed(input_ids.numpy(), attention_mask.numpy(), input_names)
+        got = dict(zip(output_names, session.run(output_names, feed)))
+        name, diff = _worst_row(got, reference(input_ids, attention_mask), feed["attention_mask"])
+        if diff.max() > atol:
+            row = int(diff.argmax())
+            raise VerificationError(
+                f"output parity failed on corpus text {texts[rows[row]][:80]!r}: {name} differs by {diff[row]:.3g} > {atol:g}"
+            )
+        worst = max(worst, float(diff.max()))
+        return got
+
+    for rows in groups:
+        input_ids = torch.tensor([ids[i] for i in rows], dtype=torch.long)
+        attention_mask = torch.ones_like(input_ids)
+        got = compare(rows, input_ids, attention_mask)
+        feeds.append(_feed(input_ids.numpy(), attention_mask.numpy(), input_names))
+        outputs.append(got)
+        ordered.extend(texts[i] for i in rows)
+    mixed = _spread_lengths(groups, PADDED_TEXTS)
+    if len(mixed) > 1:
+        compare(mixed, *pad_batch([ids[i] for i in mixed], pad_id))
+    report = ParityReport(texts_checked=len(texts), max_abs_diff=worst, outputs=tuple(output_names))
+    return report, OnnxReference(texts=ordered, feeds=feeds, outputs=outputs, bound=bound)
+
+
+def _spread_lengths(groups: list[list[int]], count: int) -> list[int]:
+    """One text of each of up to ``count`` different lengths, spread from the shortest to the longest."""
+    if len(groups) <= count:
+        return [group[0] for group in groups]
+    picks = np.linspace(0, len(groups) - 1, count).round().astype(int)
+    return [groups[i][0] for i in sorted(set(picks.tolist()))]
 
 
 # --- Post-export stages (optimize, quantize, convert): each result against the fp32 ONNX on the same corpus sample.
 
 STAGE_ATOL = PARITY_ATOL  # a stage that keeps fp32 (fusion, ORT conversion) must answer as the fp32 ONNX does
+# Number formats whose graphs mix the texts of a batch (a dynamic activation scale per tensor): checked one text per run.
+ONE_TEXT_PER_RUN = ("int8",)
 
 
 @dataclass(frozen=True)
@@ -129,10 +227,10 @@ class OnnxReference:
     """The fp32 ONNX model's outputs on the corpus sample, computed once and compared with every later stage, and
     the bound a reduced-precision stage is held to (the task's: tasks.Task.quantized_bound)."""
 
-    texts: list[str]
-    feeds: list[dict[str, np.ndarray]]  # one padded batch per entry
+    texts: list[str]  # in the order of the batches' rows
+    feeds: list[dict[str, np.ndarray]]  # one batch per entry: equal-length texts (length_groups), or padded
     outputs: list[dict[str, np.ndarray]]
-    bound: Top1Agreement | CosineCloseness
+    bound: Top1Agreement | CosineCloseness | None
 
 
 @dataclass(frozen=True)
@@ -160,26 +258,21 @@ class StageCheck:
         return entry
 
 
-def onnx_reference(fp32_path: Path, pruned: Tokenizer, texts: list[str], pad_id: int, bound: Top1Agreement | CosineCloseness,
-                   batch_size: int = 1) -> OnnxReference:
-    """Run the fp32 ONNX model on ``texts`` (tokenized as the app will), one text per run by default.
-
-    One text per run is how an on-device app calls the model, and it matters for int8: dynamic quantization picks
-    one activation scale per tensor, so in a padded batch every text's scale depends on its neighbours (MiniLM on
-    the samples: 99.6% top-1 agreement one by one, 98.8% in batches of 32).
-    """
+def onnx_reference(fp32_path: Path, pruned: Tokenizer, texts: list[str], pad_id: int, bound: Top1Agreement | CosineCloseness) -> OnnxReference:
+    """Run the fp32 ONNX model on ``texts`` (tokenized as the app will) in batches of equal-length texts (no padding).
+    The export gets this from ``parity_and_reference``, in the same pass as parity."""
     session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
     input_names = {i.name for i in session.get_inputs()}
     output_names = [o.name for o in session.get_outputs()]
-    feeds, outputs = [], []
-    for batch in batched(texts, batch_size):
-        input_ids, attention_mask = pad_batch([enc.ids for enc in pruned.encode_batch(batch)], pad_id)
-        feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
-        if "token_type_ids" in input_names:
-            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+    ids = [enc.ids for enc in pruned.encode_batch(texts)]
+    feeds, outputs, ordered = [], [], []
+    for rows in length_groups([len(row) for row in ids]):
+        input_ids = np.asarray([ids[i] for i in rows], dtype=np.int64)
+        feed = _feed(input_ids, np.ones_like(input_ids), input_names)
         feeds.append(feed)
         outputs.append(dict(zip(output_names, session.run(output_names, feed))))
-    return OnnxReference(texts=list(texts), feeds=feeds, outputs=outputs, bound=bound)
+        ordered.extend(texts[i] for i in rows)
+    return OnnxReference(texts=ordered, feeds=feeds, outputs=outputs, bound=bound)
 
 
 def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision: str, text_input: bool = False) -> StageCheck:
@@ -189,6 +282,12 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
     cosine of the sentence vector or of the token states of the text's real tokens). Padded positions are never
     compared: fused attention leaves them undefined and no app reads them. ``text_input``: the candidate takes the
     texts themselves (the in-graph tokenizer, stages/string_input.py), through onnxruntime-extensions.
+
+    An int8 model runs one text per run, as an app calls it: dynamic quantization picks one activation scale per
+    tensor, so in a batch every text's answer depends on its neighbours (MiniLM on the samples: 99.6% top-1
+    agreement one by one, 98.8% in padded batches of 32). Every other model runs the reference's batches of
+    equal-length texts: nothing in an fp32 or fp16 graph mixes the rows of a batch, so each text gets the answer
+    a run on it alone gives (tests/test_verify_batching.py checks it on real graphs).
     """
     try:
         if text_input:
@@ -208,11 +307,13 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
     compared = reference.bound.compared_output(names)
     worst, rows = 0.0, []
     text_index = 0
+    one_text_per_run = precision in ONE_TEXT_PER_RUN
     for feed, want in zip(reference.feeds, reference.outputs):
         mask = feed["attention_mask"].astype(bool)
         if text_input:
             feed = {"text": np.array(reference.texts[text_index : text_index + mask.shape[0]], dtype=object)}
-        got = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in session_inputs})))
+        feed = {k: v for k, v in feed.items() if k in session_inputs}
+        got = _run_one_by_one(session, names, feed) if one_text_per_run else dict(zip(names, session.run(names, feed)))
         for row in range(mask.shape[0]):
             text = reference.texts[text_index + row]
             for name in names:
@@ -230,6 +331,13 @@ def check_stage(stage: str, candidate: Path, reference: OnnxReference, precision
     if precision == "fp32":
         return StageCheck(stage, precision, checked, worst, bound=f"max_abs_diff <= {STAGE_ATOL:g}")
     return StageCheck(stage, precision, checked, worst, **reference.bound.judge(stage, rows, checked))
+
+
+def _run_one_by_one(session: ort.InferenceSession, names: list[str], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A batch of equal-length texts run one text per run; the outputs stacked as the batch's would be."""
+    texts = len(next(iter(feed.values())))
+    runs = [session.run(names, {k: v[row : row + 1] for k, v in feed.items()}) for row in range(texts)]
+    return {name: np.concatenate([run[i] for run in runs]) for i, name in enumerate(names)}
 
 
 def _real_tokens(value: np.ndarray, mask_row: np.ndarray) -> np.ndarray:

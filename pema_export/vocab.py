@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from pema_export.corpus import batched
 from pema_export.errors import CorpusError, TokenizerError
+
+T = TypeVar("T")
 
 # config.json fields that hold token ids; each must survive pruning and be renumbered.
 CONFIG_ID_FIELDS = (
@@ -66,14 +70,29 @@ def count_tokens(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 1
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
     counts = np.zeros(vocab_size, dtype=np.int64)
     texts_seen = 0
-    for batch in batched(texts, batch_size):
-        encodings = tokenizer.encode_batch(batch, add_special_tokens=True)
-        ids = np.fromiter((i for enc in encodings for i in enc.ids), dtype=np.int64)
+    # offsets are not needed: encode_batch_fast gives the same ids without computing them
+    encode = lambda batch: [e.ids for e in tokenizer.encode_batch_fast(batch, add_special_tokens=True)]
+    for batch, rows in encoded_ahead(encode, batched(texts, batch_size)):
+        ids = np.fromiter(chain.from_iterable(rows), dtype=np.int64)
         counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
         texts_seen += len(batch)
     if texts_seen == 0:
         raise CorpusError("corpus has no texts after parsing")
     return TokenCounts(counts=counts, texts=texts_seen)
+
+
+def encoded_ahead(encode: Callable[[list], T], batches: Iterable[list]) -> Iterator[tuple[list, T]]:
+    """(batch, encode(batch)) for each batch, in order, with the next batch read and encoding in a helper thread
+    while the caller works on this one: ``tokenizers`` releases the GIL, so reading, encoding and counting overlap."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pema-encode") as pool:
+        pending = None
+        for batch in batches:
+            future = pool.submit(encode, batch)
+            if pending is not None:
+                yield pending[0], pending[1].result()
+            pending = (batch, future)
+        if pending is not None:
+            yield pending[0], pending[1].result()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from conftest import REPO, SAMPLES, sample_head
 from pema_export.bundle import COMMITTING_NAME, PAUSE_IN_COMMIT_ENV, STAGING_PREFIX, StagedBundle, check_complete
 from pema_export.cli import main
 from pema_export.errors import IncompleteBundleError, OutputError
+from pema_export.timings import TIMINGS_NAME
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -73,7 +74,7 @@ def test_a_killed_runs_staging_folder_is_ignored_by_readers_and_removed_by_the_n
     # readers do not count it and do not mind it
     assert main(["size", str(bundle), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["total_bytes"] == sum(f.stat().st_size for f in tiny_bundle.iterdir())
+    assert report["total_bytes"] == sum(f.stat().st_size for f in tiny_bundle.iterdir() if f.name != TIMINGS_NAME)
     assert main(["check", str(bundle)]) == 0
     check_complete(bundle)
 
@@ -136,7 +137,7 @@ def test_a_kill_while_files_move_into_place_is_detected_by_every_reader_and_fini
     check_complete(out.parent)
     manifest = json.loads((out.parent / "pema-manifest.json").read_text())
     assert manifest["corpus"]["files"] == ["corpus.txt"] and manifest["target"]["name"] == "cpu"
-    assert sorted(p.name for p in out.parent.iterdir()) == sorted([*manifest["files"], "pema-manifest.json"])
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([*manifest["files"], "pema-manifest.json", TIMINGS_NAME])
     assert not (out.parent / "onnx").exists()  # the earlier bundle's files were removed, not left beside the new ones
     assert main(["size", str(out.parent)]) == 0
 

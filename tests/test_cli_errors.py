@@ -116,7 +116,7 @@ def test_failed_verification_keeps_the_earlier_bundle(capsys, tmp_path, tiny_ber
     def broken(*args, **kwargs):
         raise VerificationError("output parity failed on corpus text 'refund please': logits differs by 1 > 0.0001")
 
-    monkeypatch.setattr(pipeline, "check_parity", broken)
+    monkeypatch.setattr(pipeline, "parity_and_reference", broken)
     code, line = run(capsys, "--model", tiny_bert, "--corpus", corpus(tmp_path, "something else entirely\n", "d.txt"),
                      "--out", out, "--quiet")
     assert code == 2 and "output parity failed on corpus text 'refund please'" in line

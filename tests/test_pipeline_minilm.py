@@ -35,7 +35,7 @@ def classifier_bundle(tmp_path_factory):
 def test_bundle_holds_exactly_the_promised_files(classifier_bundle):
     out, manifest, _ = classifier_bundle
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(
-        ["model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json", "pema-manifest.json"]
+        ["model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json", "pema-manifest.json", "pema-timings.json"]
     )
     for name, entry in manifest["files"].items():
         assert (out.parent / name).stat().st_size == entry["bytes"]

@@ -20,6 +20,7 @@ from pema_export.pipeline import ExportOptions, run
 from pema_export.pooling import POOL_NODE_PREFIX
 from pema_export.profiles import builtin_targets, load_target
 from pema_export.tasks import TASKS
+from pema_export.timings import TIMINGS_NAME
 from pema_export.verify import OnnxReference, check_stage
 
 EXPECTED_FILES = {
@@ -147,7 +148,8 @@ def test_load_target_with_quantize_names_target_and_choices():
 def test_each_bundle_holds_exactly_what_the_target_ships_and_lists_every_file(tiny_bundles, name):
     bundle = tiny_bundles[name]
     manifest = _manifest(bundle)
-    assert _listing(bundle) == EXPECTED_FILES[name] | COMMON_FILES | {MANIFEST_NAME}
+    # the export's timings lie beside the manifest; they are not part of what ships (the manifest does not list them)
+    assert _listing(bundle) == EXPECTED_FILES[name] | COMMON_FILES | {MANIFEST_NAME, TIMINGS_NAME}
     assert set(manifest["files"]) == EXPECTED_FILES[name] | COMMON_FILES
     for file, entry in manifest["files"].items():
         assert (bundle / file).stat().st_size == entry["bytes"]

@@ -23,6 +23,7 @@ from pema_export.stages.formats import Format, format_of
 
 if TYPE_CHECKING:
     from pema_export.profiles import Target
+    from pema_export.timings import Timings
     from pema_export.verify import OnnxReference
 
 
@@ -148,11 +149,17 @@ def ship(
     work: Path,
     log: Callable[[str], None] = lambda message: None,
     graph_stages: Sequence[Stage] = (),
+    timings: Timings | None = None,
 ) -> Shipped:
     """Run the target's stages on ``fp32`` (scratch files in ``work``), verify each, and stage the shipped files.
 
     ``graph_stages`` (an OOV policy's, e.g. remap's id table; the configured string input) go into every model file
-    before the ORT conversion, so an .ort file carries them and its check runs on the inputs they take."""
+    before the ORT conversion, so an .ort file carries them and its check runs on the inputs they take. ``timings``:
+    records each stage's wall seconds (its run and its check) as ``stage NAME``, and the placing of the files as
+    ``stage files``."""
+    from pema_export.timings import Timings
+
+    timings = timings or Timings()
     shipped = Shipped()
     fp32_embedding = embedding_bytes(fp32, shape.vocab_size)
     shipped.stages.append({"stage": "export", "precision": "fp32", "embedding": fp32_embedding.as_manifest()})
@@ -160,13 +167,15 @@ def ship(
     ctx = ShipContext(target, format_of(target), shape, out, work, log, shipped)
     models = [ModelFile(fp32, "fp32", reference)]
     for stage in planned_stages(target, graph_stages):
-        models = stage.run(models, ctx)
-    for model in models:
-        name = ctx.shipped_name(model)
-        _place(model.path, staged, name)
-        for path in model.beside:
-            _place(path, staged, str(Path(name).parent / path.name))
-        shipped.embedding_bytes[name] = EMBEDDING_BYTES[model.kind](staged.path(name), shape.vocab_size)
+        with timings.step(f"stage {stage.label(target)}"):
+            models = stage.run(models, ctx)
+    with timings.step("stage files"):
+        for model in models:
+            name = ctx.shipped_name(model)
+            _place(model.path, staged, name)
+            for path in model.beside:
+                _place(path, staged, str(Path(name).parent / path.name))
+            shipped.embedding_bytes[name] = EMBEDDING_BYTES[model.kind](staged.path(name), shape.vocab_size)
     return shipped
 
 
