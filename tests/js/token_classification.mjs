@@ -4,20 +4,12 @@
 // Prints JSON: {"ids": [[tokenizer ids per text]], "entities": {dtype: [[{entity, score, index, word} per text]]}}:
 // the pipeline's raw per-token answers (aggregation "none"; "O" ignored, as the pipeline does by default).
 import { readFileSync } from 'node:fs';
-import path from 'node:path';
-import { env, pipeline, AutoTokenizer } from '@huggingface/transformers';
-
-env.allowRemoteModels = false;
-env.allowLocalModels = true;
-env.useFSCache = false;
-env.useBrowserCache = false;
+import { pipeline } from '@huggingface/transformers';
+import { openBundle } from './offline.mjs';
 
 const request = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-env.localModelPath = path.dirname(request.folder) + path.sep;
-const name = path.basename(request.folder);
-
-const tokenizer = await AutoTokenizer.from_pretrained(name);
-const result = { ids: request.texts.map((text) => Array.from(tokenizer.encode(text), Number)), entities: {} };
+const { name, encode } = await openBundle(request.folder);
+const result = { ids: request.texts.map(encode), entities: {} };
 for (const dtype of request.dtypes) {
   const classify = await pipeline('token-classification', name, { dtype, device: 'cpu' });
   const answers = [];

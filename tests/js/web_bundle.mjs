@@ -4,20 +4,12 @@
 // Prints JSON: {"ids": [[transformers.js tokenizer ids per text]], "outputs": {dtype: {"name": output, "values": [[...]]}}}
 // The model runs on the ids given (the Python tokenizer's), one text per call, so the comparison is of the models alone.
 import { readFileSync } from 'node:fs';
-import path from 'node:path';
-import { env, AutoTokenizer, AutoModel, Tensor } from '@huggingface/transformers';
-
-env.allowRemoteModels = false;
-env.allowLocalModels = true;
-env.useFSCache = false;
-env.useBrowserCache = false;
+import { AutoModel, Tensor } from '@huggingface/transformers';
+import { openBundle } from './offline.mjs';
 
 const request = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-env.localModelPath = path.dirname(request.folder) + path.sep;
-const name = path.basename(request.folder);
-
-const tokenizer = await AutoTokenizer.from_pretrained(name);
-const result = { ids: request.texts.map((text) => Array.from(tokenizer.encode(text), Number)), outputs: {} };
+const { name, encode } = await openBundle(request.folder);
+const result = { ids: request.texts.map(encode), outputs: {} };
 
 const int64 = (ids) => new Tensor('int64', BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
 for (const dtype of request.dtypes) {
