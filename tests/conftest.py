@@ -335,3 +335,21 @@ def tiny_full_vocab(tmp_path_factory) -> Path:
 
     tokenizer = Tokenizer.from_file(str(resolve_model(None).tokenizer_json))
     return save_tiny_model(tmp_path_factory.mktemp("tiny-full-vocab"), "bert", tokenizer)
+
+
+def transformers_js_outputs(bundle: Path, texts: list[str], dtypes: list[str], tmp_path: Path) -> tuple[list[list[int]], dict]:
+    """A web bundle through transformers.js in Node (tests/js/web_bundle.mjs) on the Python tokenizer's ids of
+    ``texts``: (those ids, {dtype: {"name", "values"}}); its own tokenizer must give the same ids."""
+    from pema_export.vocab import open_tokenizer
+
+    if not (REPO / "node_modules" / "@huggingface" / "transformers").is_dir() or not shutil.which("node"):
+        pytest.fail("transformers.js is not installed: run `make setup` (npm ci) first")
+    ids = [e.ids for e in open_tokenizer(bundle / "tokenizer.json").encode_batch(texts)]
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"folder": str(bundle), "texts": texts, "ids": ids, "dtypes": dtypes}))
+    done = subprocess.run(["node", str(REPO / "tests/js/web_bundle.mjs"), str(request)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["ids"] == ids
+    return ids, result["outputs"]

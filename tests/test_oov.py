@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import subprocess
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from conftest import REPO, SAMPLES, run_cli, urgent_or_normal
+from conftest import REPO, SAMPLES, run_cli, transformers_js_outputs, urgent_or_normal
 from pema_export.oov import POLICIES
 from pema_export.oov import prior as oov_prior
 from pema_export.oov import remap as oov_remap
@@ -279,24 +277,14 @@ def test_an_unseen_token_runs_exactly_as_its_nearest_kept_token(remap_bundles, t
 
 
 def test_transformers_js_tokenizes_and_runs_a_remap_bundle_as_python_does(remap_bundles, tmp_path):
-    if not (REPO / "node_modules" / "@huggingface" / "transformers").is_dir() or not shutil.which("node"):
-        pytest.fail("transformers.js is not installed: run `make setup` (npm ci) first")
     bundle, _ = remap_bundles["web"]
-    tokenizer = open_tokenizer(bundle / "tokenizer.json")
-    ids = [e.ids for e in tokenizer.encode_batch(UNSEEN)]
-    request = tmp_path / "request.json"
-    request.write_text(json.dumps({"folder": str(bundle), "texts": UNSEEN, "ids": ids, "dtypes": ["fp32", "q8"]}))
-    done = subprocess.run(["node", str(REPO / "tests/js/web_bundle.mjs"), str(request)], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
-    assert result["ids"] == ids
+    ids, outputs = transformers_js_outputs(bundle, UNSEEN, ["fp32", "q8"], tmp_path)
     for dtype, model in (("fp32", "onnx/model.onnx"), ("q8", "onnx/model_quantized.onnx")):
         session = ort.InferenceSession(str(bundle / model), providers=["CPUExecutionProvider"])
         for row, text_ids in enumerate(ids):
             feed = np.asarray([text_ids], dtype=np.int64)
             want = session.run(["logits"], {"input_ids": feed, "attention_mask": np.ones_like(feed), "token_type_ids": np.zeros_like(feed)})[0]
-            assert np.allclose(result["outputs"][dtype]["values"][row], want.ravel(), atol=1e-5)
+            assert np.allclose(outputs[dtype]["values"][row], want.ravel(), atol=1e-5)
 
 
 def test_the_manifest_records_held_out_figures_of_the_shipped_model(remap_bundles, heldout_file, tiny_bert):

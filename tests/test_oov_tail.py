@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 
 import numpy as np
 import onnx
@@ -15,7 +14,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from conftest import REPO, SAMPLES, TRAINING_TEXT, run_cli, sample_head
+from conftest import REPO, SAMPLES, TRAINING_TEXT, run_cli, sample_head, transformers_js_outputs
 from pema_export.pipeline import ExportOptions, run
 from pema_export.rowcodes import UNCOVERED_LOGIT, row_cosines
 from pema_export.scan import ScanOptions, scan_report
@@ -198,20 +197,10 @@ def test_the_ort_file_carries_the_tail_and_answers_as_the_onnx_graph(target_bund
 
 
 def test_transformers_js_runs_a_tail_bundle_as_python_does(target_bundles, tmp_path):
-    if not (REPO / "node_modules" / "@huggingface" / "transformers").is_dir() or not shutil.which("node"):
-        pytest.fail("transformers.js is not installed: run `make setup` (npm ci) first")
     bundle, _ = target_bundles["web"]
-    tokenizer = open_tokenizer(bundle / "tokenizer.json")
-    ids = [e.ids for e in tokenizer.encode_batch(UNSEEN)]
-    request = tmp_path / "request.json"
-    request.write_text(json.dumps({"folder": str(bundle), "texts": UNSEEN, "ids": ids, "dtypes": ["fp32"]}))
-    done = subprocess.run(["node", str(REPO / "tests/js/web_bundle.mjs"), str(request)], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout)
-    assert result["ids"] == ids
+    ids, outputs = transformers_js_outputs(bundle, UNSEEN, ["fp32"], tmp_path)
     for row, text_ids in enumerate(ids):
-        assert np.allclose(result["outputs"]["fp32"]["values"][row], run_onnx(bundle / "onnx" / "model.onnx", text_ids).ravel(), atol=1e-5)
+        assert np.allclose(outputs["fp32"]["values"][row], run_onnx(bundle / "onnx" / "model.onnx", text_ids).ravel(), atol=1e-5)
 
 
 def test_a_masked_lm_answers_in_original_ids_over_the_kept_rows_only(tmp_path, tiny_full_vocab):
