@@ -7,7 +7,8 @@
 #    samples/heldout.txt), each verified on the CPU as always;
 # 2. benchmarks/finetune_memory.py --device cuda --repeats 1: peak CUDA memory of full-vocabulary vs PEMA
 #    fine-tuning, MiniLM and the XLM-R-base-shaped model;
-# 3. one JSON line, the last line printed: the GPU, peak CUDA MB full vs PEMA, accuracies and wall times.
+# 3. one JSON line, the last line printed: the GPU, peak CUDA MB full vs PEMA, accuracies and wall times (the
+#    exports' training and post-training seconds from pema-timings.json).
 # Without a GPU it stops at once with one line on stderr and exit code 2.
 #
 # Where pema-export is installed (make setup, with a CUDA build of torch) nothing else is needed. On a machine whose
@@ -107,6 +108,9 @@ for precision in ("fp32", "bf16"):
         "heldout_accuracy_shipped": heldout["accuracy"], "parity_max_abs_diff": parity["max_abs_diff"],
         "model_bytes": manifest["files"]["model.onnx"]["bytes"],
     }
+    timings = json.loads((out / f"export-{precision}" / "pema-timings.json").read_text())
+    result[f"export_{precision}"].update(train_seconds=timings["seconds"]["train"], post_training_seconds=timings["post_training_seconds"],
+                                         post_training_to_training=timings["post_training_to_training"], cpu_count=timings["cpu_count"])
 memory = json.loads((out / "finetune_memory.log").read_text().strip().splitlines()[-1])
 keys = ("peak_cuda_mb_full", "peak_cuda_mb_pema", "peak_cuda_ratio", "acc_full", "acc_pema", "seconds_full", "seconds_pema")
 result["minilm"] = {key: memory.get(key) for key in keys}

@@ -15,6 +15,7 @@ Also measured, for the limit: ``tokenizers``' own ``encode_batch`` throughput on
 
     .venv/bin/python benchmarks/scan_scale.py                    # 1,000,000 texts in build/scan-scale/
     .venv/bin/python benchmarks/scan_scale.py --texts 100000 --repeats 3
+    .venv/bin/python benchmarks/scan_scale.py --model DIR          # another model's tokenizer
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _status_kb(key: str) -> int:
     raise KeyError(key)
 
 
-def child(what: str, corpus: Path) -> dict:
+def child(what: str, corpus: Path, model: str | None) -> dict:
     """One measurement in this (fresh) process."""
     import torch  # noqa: F401  (the scan's size prediction imports both; they are not the corpus's memory)
     import transformers  # noqa: F401
@@ -97,7 +98,7 @@ def child(what: str, corpus: Path) -> dict:
     from pema_export.scan import open_source
     from pema_export.vocab import open_tokenizer
 
-    source, tokenizer_json = open_source(None)
+    source, tokenizer_json = open_source(model)
     tokenizer = open_tokenizer(tokenizer_json)
     source.read_config()
     model_rss_kb = _status_kb("VmRSS")
@@ -105,7 +106,7 @@ def child(what: str, corpus: Path) -> dict:
     if what == "scan":
         from pema_export.scan import ScanOptions, scan_report
 
-        report = scan_report(ScanOptions(corpus=[str(corpus)]))
+        report = scan_report(ScanOptions(corpus=[str(corpus)], model=model))
         texts, tokens = report["texts"], report["tokens"]
         extra = {"kept": report["vocab"]["kept"]}
     elif what == "fidelity":
@@ -143,10 +144,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--work", type=Path, default=REPO / "build" / "scan-scale")
     parser.add_argument("--only", choices=("scan", "fidelity", "encode"), action="append")
+    parser.add_argument("--model", help="a model folder (default: the embedded all-MiniLM-L6-v2); only its tokenizer and config are read")
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "CORPUS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]))))
+        print(json.dumps(child(args.child[0], Path(args.child[1]), args.model)))
         return
     corpus = args.work / f"corpus-{args.texts}.txt"
     if not corpus.exists():
@@ -156,8 +158,10 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for _ in range(args.repeats):
         for what in args.only or ("encode", "scan", "fidelity"):
-            done = subprocess.run([sys.executable, __file__, "--child", what, str(corpus)], capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+            model = ["--model", args.model] if args.model else []
+            path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+            done = subprocess.run([sys.executable, __file__, "--child", what, str(corpus), *model], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": path})
             if done.returncode:
                 sys.exit(done.stderr)
             result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -134,9 +134,11 @@ def labelled_corpus(tmp_path) -> Path:
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The installed console script, as a user runs it."""
-    exe = shutil.which("pema-export", path=str(Path(sys.executable).parent)) or "pema-export"
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=900)
+    """The installed console script, as a user runs it; ``python -m pema_export`` where the project is on the path but
+    not installed (a GPU machine that runs ``pytest -m gpu`` from a copy of the repository)."""
+    exe = shutil.which("pema-export", path=str(Path(sys.executable).parent)) or shutil.which("pema-export")
+    command = [exe] if exe else [sys.executable, "-m", "pema_export"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=900)
 
 
 # --- Tiny models of every tokenizer family (issue 3): RoBERTa (byte-level BPE), XLM-R (Unigram trained with

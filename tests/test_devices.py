@@ -309,12 +309,37 @@ def test_processes_that_read_different_data_refuse_to_train(tmp_path):
                                "corpus files and model") == 2
 
 
+CUDA_RUNS = {  # --device, --precision: each way of naming the GPU, each precision (fp16 is the GradScaler's path)
+    "cuda-fp32": ("cuda", "fp32"),
+    "cuda0-bf16": ("cuda:0", "bf16"),
+    "auto-fp16": ("auto", "fp16"),
+}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m gpu on a machine with one)")
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_cuda_training_exports_and_verifies(tmp_path, tiny_bert, labelled_corpus, precision):
+@pytest.mark.parametrize("case", sorted(CUDA_RUNS))
+def test_cuda_training_exports_and_verifies(tmp_path, tiny_bert, labelled_corpus, case):
+    device, precision = CUDA_RUNS[case]
     result = run_cli("--model", tiny_bert, "--corpus", labelled_corpus, "--out", tmp_path / "b" / "model.onnx", "--epochs", "1",
-                     "--device", "cuda", "--precision", precision, "--save-full", tmp_path / "full")
+                     "--device", device, "--precision", precision, "--save-full", tmp_path / "full")
     assert result.returncode == 0, result.stderr
-    training = json.loads((tmp_path / "b" / "pema-manifest.json").read_text())["training"]
-    assert training["device"].startswith("cuda:") and training["precision"] == precision
+    manifest = json.loads((tmp_path / "b" / "pema-manifest.json").read_text())
+    training = manifest["training"]
+    assert training["device"] == "cuda:0" and training["precision"] == precision
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
+    assert (tmp_path / "full" / "model.safetensors").is_file()  # --save-full wrote from the CPU copy
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m gpu on a machine with one)")
+def test_cuda_token_classification_exports_and_verifies(tmp_path, tiny_bert):
+    corpus = tmp_path / "slots.jsonl"
+    corpus.write_text("\n".join((REPO / "samples" / "slot_texts.jsonl").read_text(encoding="utf-8").splitlines()[:64]) + "\n")
+    result = run_cli("--model", tiny_bert, "--corpus", corpus, "--out", tmp_path / "b" / "model.onnx", "--epochs", "1",
+                     "--device", "cuda", "--precision", "bf16")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "b" / "pema-manifest.json").read_text())
+    assert manifest["model"]["task"] == "token-classification"
+    assert manifest["training"]["device"] == "cuda:0" and manifest["training"]["precision"] == "bf16"
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
