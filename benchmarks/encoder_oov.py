@@ -33,6 +33,11 @@ METHODS = {
     "tail-24": ["--oov", "tail", "--tail-row-bytes", "24"],
     "tail-48": ["--oov", "tail", "--tail-row-bytes", "48"],
     "tail-96": ["--oov", "tail", "--tail-row-bytes", "96"],
+    "tail-192": ["--oov", "tail", "--tail-row-bytes", "192"],
+    # exact rows also for the tokens of the language's most frequent words (--prior-words), the rest compressed
+    "tail-96+prior-2000": ["--oov", "tail", "--tail-row-bytes", "96", "--prior-words", "2000"],
+    "tail-96+prior-5000": ["--oov", "tail", "--tail-row-bytes", "96", "--prior-words", "5000"],
+    "tail-48+prior-5000": ["--oov", "tail", "--tail-row-bytes", "48", "--prior-words", "5000"],
     "default": [],
 }
 

@@ -22,11 +22,17 @@ from pema_export.errors import ModelError
 
 CENTROIDS = 256  # one byte per sub-vector
 SUB_VECTOR_WIDTH = 16  # default slice width: d / 16 bytes per row (24 for MiniLM's 384, 48 for a 768-wide model)
-# k-means on a seeded sample of 128 rows per centroid, 12 iterations: on all-MiniLM-L6-v2's 29,904 tail rows the
-# codes reconstruct as well (row cosine 0.9506 vs 0.9510) as 256 rows per centroid and 20 iterations, in a third of
-# the time (benchmarks/tail_codes.py); every row is encoded afterwards.
+# k-means on a seeded sample of the rows, then every row is encoded. benchmarks/tail_codes.py, all-MiniLM-L6-v2's
+# 29,907 tail rows for samples/search_texts.txt, mean row cosine of the codes by (rows per centroid, iterations):
+#   16-value slices (24 bytes a row): 64/8 0.6917, 64/12 0.6930, 128/12 0.6995, 256/20 0.7012
+#    4-value slices (96 bytes a row): 64/8 0.9493, 64/12 0.9497, 128/12 0.9506, 256/20 0.9510
+# Wide slices take 128 rows per centroid and 12 iterations; narrow ones (a centroid of 4 values needs fewer points to
+# place) 64 and 8, a third of the learning work, which is what an encoder's many slices spend their time on.
 KMEANS_ITERATIONS = 12
 KMEANS_SAMPLE = 128 * CENTROIDS
+NARROW_SLICE_WIDTH = 4  # slices this wide or narrower take the NARROW_ schedule
+NARROW_KMEANS_ITERATIONS = 8
+NARROW_KMEANS_SAMPLE = 64 * CENTROIDS
 _CHUNK_ROWS = 16_384  # rows encoded per step
 _DISTANCE_BLOCK = 512  # points per distance block (measured fastest of 170-2048 on this machine)
 
@@ -102,7 +108,9 @@ def build_tail_code(read_rows: Callable[[np.ndarray], np.ndarray], tail_ids: np.
         )
     rng = np.random.default_rng(seed)
     sample = tail_ids[np.sort(rng.choice(len(tail_ids), size=min(KMEANS_SAMPLE, len(tail_ids)), replace=False))]
-    quantizer = learn_product_quantizer(read_rows(sample), sub_vectors, seed=seed)
+    sampled = _as_matrix(read_rows(sample))
+    iterations, learn_on = kmeans_schedule(sampled.shape[1] // sub_vectors)  # narrow slices learn on part of it
+    quantizer = learn_product_quantizer(sampled, sub_vectors, seed=seed, iterations=iterations, sample=learn_on)
     codes = np.empty((len(tail_ids), sub_vectors), dtype=np.uint8)
     cosines = np.empty(len(tail_ids), dtype=np.float32)
     for start in range(0, len(tail_ids), _CHUNK_ROWS):
@@ -112,6 +120,13 @@ def build_tail_code(read_rows: Callable[[np.ndarray], np.ndarray], tail_ids: np.
         cosines[start : start + len(block)] = row_cosines(quantizer.decode(block), rows)
     cosine = {"mean": float(cosines.mean()), "min": float(cosines.min()), "p10": float(np.percentile(cosines, 10))}
     return TailCode(tail_ids, codes, quantizer, cosine, time.perf_counter() - started)
+
+
+def kmeans_schedule(slice_width: int) -> tuple[int, int]:
+    """(Lloyd iterations, rows sampled) for slices ``slice_width`` values wide (the constants above say why)."""
+    if slice_width <= NARROW_SLICE_WIDTH:
+        return NARROW_KMEANS_ITERATIONS, NARROW_KMEANS_SAMPLE
+    return KMEANS_ITERATIONS, KMEANS_SAMPLE
 
 
 def sub_vectors_for(dim: int, width: int = SUB_VECTOR_WIDTH) -> int:

@@ -14,13 +14,14 @@ import numpy as np
 
 from pema_export.corpus import CorpusSummary, batched, check_corpus_paths, iter_texts, read_corpus
 from pema_export.budget import BudgetError
-from pema_export.errors import ModelError, TokenizerError
+from pema_export.errors import CorpusError, ModelError, TokenizerError
 from pema_export.models import ModelSource, resolve_model
 from pema_export.oov import DEFAULT as DEFAULT_OOV
 from pema_export.oov import POLICIES, OovPolicy, PolicyBytes, PolicySettings, auto, get_policy
 from pema_export.oov.prior import PriorWords, check_languages, detect_languages
 from pema_export.oov.prior import prior_words as oov_prior_words
 from pema_export.profiles import Target, load_target
+from pema_export.rowcodes import CENTROIDS
 from pema_export.stages import graph_bytes_per_layer, predicted_model_files
 from pema_export.stages import string_input as string_input_stage
 from pema_export.stages.formats import format_of
@@ -129,6 +130,20 @@ def scan_report(options: ScanOptions) -> dict:
     return report
 
 
+def _auto_prior(words: int, trains: bool, language_prior, kept_with: Callable[[PriorWords], KeptVocab], record: dict):
+    """``--oov auto``'s prior words for a tail (auto.prior_words): (prior, detected languages, the record with what
+    was added), or no prior, and why, where the corpus's language is not found or the tail would keep too few rows."""
+    try:
+        prior, detected = language_prior(words)
+    except CorpusError as exc:
+        return None, None, {**record, "prior_words": None, "prior_skipped": str(exc)}
+    tail_rows = int(np.count_nonzero(kept_with(prior).id_map < 0))
+    if tail_rows < CENTROIDS:
+        return None, None, {**record, "prior_words": None,
+                            "prior_skipped": f"with them only {tail_rows} rows would remain for the tail ({CENTROIDS} needed)"}
+    return prior, detected, {**record, "prior_words": words, "reason": auto.tail_reason(trains, tail_rows, words, prior.languages)}
+
+
 def scan_vocabulary(
     source: ModelSource,
     tokenizer_json: dict,
@@ -160,16 +175,16 @@ def scan_vocabulary(
     resolved = resolve_task(task, summary.label_kind, config.get("architectures"))
     settings = PolicySettings(embedding_width(config), resolved.trains_on(summary.label_kind), tail_row_bytes, seed)
     keep_ids = read_keep_tokens(keep_tokens, tokenizer) if keep_tokens else set()
-    prior = detected = None
-    if prior_words:
+    def language_prior(words: int) -> tuple[PriorWords, dict[str, float] | None]:
         if prior_lang:
-            languages = check_languages(prior_lang)
-        else:
-            detected = detect_languages(summary.sample_texts)
-            languages = list(detected)
-        prior = oov_prior_words(tokenizer, languages, prior_words, len(counts.counts))
+            return oov_prior_words(tokenizer, check_languages(prior_lang), words, len(counts.counts)), None
+        languages = detect_languages(summary.sample_texts)
+        return oov_prior_words(tokenizer, list(languages), words, len(counts.counts)), languages
 
-    def choose(cap: int | None, policy: str | None = None) -> KeptVocab:
+    prior, detected = language_prior(prior_words) if prior_words else (None, None)
+
+    def choose(cap: int | None, policy: str | None = None, words: PriorWords | None = None) -> KeptVocab:
+        words = words or prior
         return choose_kept_ids(
             counts,
             special_token_ids(tokenizer_json, config),
@@ -180,7 +195,7 @@ def scan_vocabulary(
             policy_ids=get_policy(policy or oov).policy_ids(tokenizer_json),
             closure=token_closure(tokenizer_json),
             max_vocab=cap,
-            prior_share=None if prior is None else prior.token_share,
+            prior_share=None if words is None else words.token_share,
         )
 
     oov_choice, dropout = None, 0.0
@@ -197,6 +212,9 @@ def scan_vocabulary(
                                                 get_policy(name, settings))(choose(max_vocab, name)),
             tail_rows=int(np.count_nonzero(choose(max_vocab, auto.PREFERRED).id_map < 0)),
         )
+        words = None if prior_words else auto.prior_words(oov, settings.trains)
+        if words:
+            prior, detected, oov_choice = _auto_prior(words, settings.trains, language_prior, lambda p: choose(max_vocab, words=p), oov_choice)
 
     predicted = None
     if max_bytes is not None:

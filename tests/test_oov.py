@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from conftest import REPO, SAMPLES, run_cli, transformers_js_outputs, urgent_or_normal
+from conftest import REPO, SAMPLES, run_cli, sample_head, transformers_js_outputs, urgent_or_normal
 from pema_export.oov import POLICIES
 from pema_export.oov import prior as oov_prior
 from pema_export.oov import remap as oov_remap
@@ -118,13 +118,44 @@ def test_auto_takes_remap_unless_its_bundle_grows_more_than_two_percent():
 
 def test_auto_takes_the_compressed_tail_wherever_enough_rows_lie_outside_the_corpus(minilm_tokenizer_json):
     """MiniLM: an encoder (no labels) and a fine-tuned classifier both get the tail (the original tokenizer, the
-    corpus's rows exact, the other ~29k coded), without word dropout: an unseen word keeps its own rows."""
+    corpus's rows exact, the other ~29k coded), without word dropout: an unseen word keeps its own rows. The encoder
+    also keeps the rows of its language's 2,000 most frequent words exact; the classifier does not."""
     minilm = resolve_model(None)
+    corpus_only = {}
     for corpus in (SAMPLES / "search_texts.txt", SAMPLES / "app_texts.txt"):
+        corpus_only[corpus.name] = scan_vocabulary(minilm, minilm_tokenizer_json, [corpus], oov="tail").kept.size
         for target in ("cpu", "web"):
             scan = scan_vocabulary(minilm, minilm_tokenizer_json, [corpus], oov="auto", target=load_target(target))
             assert (scan.oov, scan.oov_dropout) == ("tail", 0.0) and scan.oov_choice["chosen"] == "tail"
             assert f"the other {30522 - scan.kept.size:,} compressed" in scan.oov_choice["reason"]
+            if corpus.name == "search_texts.txt":  # unlabelled: an encoder
+                assert scan.oov_choice["prior_words"] == 2000 and scan.prior.languages == ("en",)
+                assert "2,000 most frequent en words" in scan.oov_choice["reason"]
+                prior_ids = scan.prior.ids
+                assert scan.kept.size > corpus_only[corpus.name] + 1000 and prior_ids <= set(scan.kept.kept_ids.tolist())
+            else:
+                assert "prior_words" not in scan.oov_choice and scan.prior is None
+                assert scan.kept.size == corpus_only[corpus.name]
+
+
+def test_auto_gives_an_encoder_no_prior_where_its_language_is_unknown_or_the_tail_would_be_too_small(
+        minilm_tokenizer_json, tiny_bert, tmp_path):
+    numbers = tmp_path / "numbers.txt"
+    numbers.write_text("".join(f"{n} {n * 7} {n * 13}\n" for n in range(200)), encoding="utf-8")
+    scan = scan_vocabulary(resolve_model(None), minilm_tokenizer_json, [numbers], oov="auto", target=load_target("cpu"))
+    assert scan.oov == "tail" and scan.prior is None and scan.oov_choice["prior_words"] is None
+    assert "cannot detect the corpus language" in scan.oov_choice["prior_skipped"]
+    # the tiny model's 600 rows: English's common words would leave too few rows for a codebook
+    tiny = resolve_model(str(tiny_bert))
+    tiny_json = json.loads(tiny.tokenizer_json.read_text(encoding="utf-8"))
+    few = sample_head(tmp_path, "search_texts.txt", 3)
+    scan = scan_vocabulary(tiny, tiny_json, [few], oov="auto", target=load_target("cpu"))
+    assert scan.oov == "tail" and scan.prior is None
+    assert "rows would remain for the tail (256 needed)" in scan.oov_choice["prior_skipped"]
+    # a prior the user asked for is theirs, whatever auto would add
+    given = scan_vocabulary(resolve_model(None), minilm_tokenizer_json, [SAMPLES / "search_texts.txt"], oov="auto",
+                            target=load_target("cpu"), prior_words=100, prior_lang=["en"])
+    assert given.prior.words == 100 and "prior_words" not in given.oov_choice
 
 
 def test_auto_with_too_few_rows_for_a_tail_keeps_the_earlier_rule():
