@@ -175,6 +175,7 @@ def scan_vocabulary(
     resolved = resolve_task(task, summary.label_kind, config.get("architectures"))
     settings = PolicySettings(embedding_width(config), resolved.trains_on(summary.label_kind), tail_row_bytes, seed)
     keep_ids = read_keep_tokens(keep_tokens, tokenizer) if keep_tokens else set()
+
     def language_prior(words: int) -> tuple[PriorWords, dict[str, float] | None]:
         if prior_lang:
             return oov_prior_words(tokenizer, check_languages(prior_lang), words, len(counts.counts)), None
@@ -212,9 +213,10 @@ def scan_vocabulary(
                                                 get_policy(name, settings))(choose(max_vocab, name)),
             tail_rows=int(np.count_nonzero(choose(max_vocab, auto.PREFERRED).id_map < 0)),
         )
-        words = None if prior_words else auto.prior_words(oov, settings.trains)
-        if words:
-            prior, detected, oov_choice = _auto_prior(words, settings.trains, language_prior, lambda p: choose(max_vocab, words=p), oov_choice)
+        auto_words = None if prior_words else auto.prior_words(oov, settings.trains)
+        if auto_words:
+            prior, detected, oov_choice = _auto_prior(auto_words, settings.trains, language_prior,
+                                                      lambda candidate: choose(max_vocab, words=candidate), oov_choice)
 
     predicted = None
     if max_bytes is not None:
