@@ -23,7 +23,8 @@ from pema_export.errors import ModelError
 CENTROIDS = 256  # one byte per sub-vector
 SUB_VECTOR_WIDTH = 16  # default slice width: d / 16 bytes per row (24 for MiniLM's 384, 48 for a 768-wide model)
 # k-means on a seeded sample of the rows, then every row is encoded. benchmarks/tail_codes.py, all-MiniLM-L6-v2's
-# 29,907 tail rows for samples/search_texts.txt, mean row cosine of the codes by (rows per centroid, iterations):
+# 29,907 tail rows for samples/search_texts.txt (output: benchmarks/tail_codes_last.txt), mean row cosine of the
+# codes by (rows per centroid, iterations):
 #   16-value slices (24 bytes a row): 64/8 0.6917, 64/12 0.6930, 128/12 0.6995, 256/20 0.7012
 #    4-value slices (96 bytes a row): 64/8 0.9493, 64/12 0.9497, 128/12 0.9506, 256/20 0.9510
 # Wide slices take 128 rows per centroid and 12 iterations; narrow ones (a centroid of 4 values needs fewer points to
