@@ -21,7 +21,6 @@ import torch
 from pema_export.errors import ModelError
 
 CENTROIDS = 256  # one byte per sub-vector
-SUB_VECTOR_WIDTH = 16  # default slice width: d / 16 bytes per row (24 for MiniLM's 384, 48 for a 768-wide model)
 # k-means on a seeded sample of the rows, then every row is encoded. benchmarks/tail_codes.py, all-MiniLM-L6-v2's
 # 29,907 tail rows for samples/search_texts.txt (output: benchmarks/tail_codes_last.txt), mean row cosine of the
 # codes by (rows per centroid, iterations):
@@ -128,13 +127,6 @@ def kmeans_schedule(slice_width: int) -> tuple[int, int]:
     if slice_width <= NARROW_SLICE_WIDTH:
         return NARROW_KMEANS_ITERATIONS, NARROW_KMEANS_SAMPLE
     return KMEANS_ITERATIONS, KMEANS_SAMPLE
-
-
-def sub_vectors_for(dim: int, width: int = SUB_VECTOR_WIDTH) -> int:
-    """Slices per row for a slice ``width``: ``dim / width``, which must divide evenly."""
-    if width < 1 or dim % width:
-        raise ModelError(f"the embedding width {dim} does not split into slices of {width}; choose a width that divides it")
-    return dim // width
 
 
 def learn_product_quantizer(

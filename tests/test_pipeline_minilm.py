@@ -62,7 +62,7 @@ def test_the_default_export_trains_five_epochs_and_ships_a_checked_fused_int8_mo
     assert manifest["target"]["name"] == "cpu" and manifest["target"]["quantize"] == "int8"
     assert manifest["training"]["epochs"] == 5 and len(manifest["training"]["eval_accuracy_per_epoch"]) == 5
     assert manifest["vocab"]["oov"] == "tail" and manifest["training"]["oov_dropout"] == 0.0  # --oov auto's choice
-    assert manifest["vocab"]["tail"]["rows"] == 30522 - manifest["vocab"]["kept"] and manifest["vocab"]["tail"]["row_bytes"] == 24
+    assert manifest["vocab"]["tail"]["rows"] == 30522 - manifest["vocab"]["kept"] and manifest["vocab"]["tail"]["row_bytes"] == 96
     stages = {stage["stage"]: stage for stage in manifest["stages"]}
     assert stages["optimize"]["applied"] and stages["optimize"]["fused"]["Attention"] == 6
     assert stages["optimize"]["check"]["max_abs_diff"] <= 1e-4
