@@ -11,8 +11,8 @@ How many bytes a row gets: 1 per 4 embedding values (SLICE_WIDTH), for every mod
 benchmarks/oov_accuracy.py and benchmarks/encoder_oov.py (docs/oov.md): an encoder exported as pretrained passes
 each row's error straight into its sentence vectors (24 bytes a row for MiniLM: mean cosine 0.81-0.90 to the
 original model on unseen text, 96 bytes 0.98-0.99); a fine-tuned classifier reads the tail through layers trained
-around it and forgives more, but at 24 bytes a row still trailed the full vocabulary by 1.3 points on fortunes and
-0.6 on Bible verses (median of the seeds run), where 96 bytes a row stayed within 0.5 on every set.
+around it and forgives more, yet on five labelled sets (3 seeds each) 24 bytes a row trailed the full vocabulary by
+0.5 points in the median set and by 1.3 at worst (fortunes), 96 bytes a row by 0.0 and 1.0 (fortunes again).
 """
 
 from __future__ import annotations

@@ -72,8 +72,10 @@ def original_tokenizer_json(tokenizer_json: dict) -> dict:
 
 
 def tokenizer_json_text(data: dict) -> str:
-    """The one way a tokenizer.json is serialized, so predicted and written bytes agree."""
-    return json.dumps(data, ensure_ascii=False, indent=2)
+    """The one way a tokenizer.json is serialized, so predicted and written bytes agree. Compact: it ships to phones
+    and browsers, and indentation was a third of all-MiniLM-L6-v2's original tokenizer.json (711,396 -> 466,081
+    bytes); tokenizers and transformers.js read either form the same."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 def _new_id(id_map: dict[int, int], old_id: int, what: str) -> int:
