@@ -148,6 +148,12 @@ def export(folder: Path, options: list[str], test: Path) -> dict:
 def shipped_accuracy(bundle: Path, test: Path, max_length: int = 128) -> tuple[float, float | None]:
     """Accuracy of the bundle's model.onnx with its tokenizer.json on ``label<TAB>text`` lines, one text at a time,
     and the share of word pieces it reads as UNK."""
+    predicted, labels, unk_rate = shipped_predictions(bundle, test, max_length)
+    return sum(p == label for p, label in zip(predicted, labels)) / len(labels), unk_rate
+
+
+def shipped_predictions(bundle: Path, test: Path, max_length: int = 128) -> tuple[list[str], list[str], float | None]:
+    """The label the bundle predicts for each test line, each line's own label, and the share of UNK pieces."""
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
@@ -159,19 +165,19 @@ def shipped_accuracy(bundle: Path, test: Path, max_length: int = 128) -> tuple[f
     unk = tokenizer.token_to_id(str(tokenizer.model.unk_token)) if hasattr(tokenizer.model, "unk_token") else None
     session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     inputs = {i.name for i in session.get_inputs()}
-    right = pieces = unknown = 0
-    lines = read_lines(test)
-    for line in lines:
+    predicted, labels, pieces, unknown = [], [], 0, 0
+    for line in read_lines(test):
         label, text = line.split("\t", 1)
         encoding = tokenizer.encode(text)
         ids = np.asarray([encoding.ids], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         logits = session.run(["logits"], {k: v for k, v in feeds.items() if k in inputs})[0][0]
-        right += label_of[int(logits.argmax())] == label
+        predicted.append(label_of[int(logits.argmax())])
+        labels.append(label)
         words = [i for i, special in zip(encoding.ids, encoding.special_tokens_mask) if not special]
         pieces += len(words)
         unknown += sum(i == unk for i in words) if unk is not None else 0
-    return right / len(lines), (unknown / pieces if unk is not None and pieces else None)
+    return predicted, labels, (unknown / pieces if unk is not None and pieces else None)
 
 
 def optimum_bytes(checkpoint: Path, folder: Path) -> dict:
