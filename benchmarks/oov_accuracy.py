@@ -51,10 +51,11 @@ DERIVED = {
     "tail-24": ["--oov", "tail", "--tail-row-bytes", "24"],
     "tail-48": ["--oov", "tail", "--tail-row-bytes", "48"],
     "tail-96": ["--oov", "tail", "--tail-row-bytes", "96"],
+    "tail-192": ["--oov", "tail", "--tail-row-bytes", "192"],
     # also exact: the rows of the language's 2,000 most frequent words (pretrained, as the full model has them)
     "tail-24+prior-2000": ["--oov", "tail", "--tail-row-bytes", "24", "--prior-words", "2000"],
 }
-METHODS = ["full", "unk", "unk+dropout", "fallback", "remap", "tail-24", "tail-48", "tail-96", "tail-24+prior-2000", "default"]
+METHODS = ["full", "unk", "unk+dropout", "fallback", "remap", "tail-24", "tail-48", "tail-96", "tail-192", "tail-24+prior-2000", "default"]
 
 
 def main() -> int:

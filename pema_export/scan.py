@@ -173,7 +173,8 @@ def scan_vocabulary(
     summary = CorpusSummary(sample_size=sample_size, seed=seed)
     counts = count_tokens(tokenizer, summary.observe(read_corpus(corpus_paths)))
     resolved = resolve_task(task, summary.label_kind, config.get("architectures"))
-    settings = PolicySettings(embedding_width(config), resolved.trains_on(summary.label_kind), tail_row_bytes, seed)
+    settings = PolicySettings(embedding_width(config), resolved.trains_on(summary.label_kind), tail_row_bytes, seed,
+                              precision=target.quantize if target is not None else "none")
     keep_ids = read_keep_tokens(keep_tokens, tokenizer) if keep_tokens else set()
 
     def language_prior(words: int) -> tuple[PriorWords, dict[str, float] | None]:

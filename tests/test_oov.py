@@ -138,6 +138,22 @@ def test_auto_takes_the_compressed_tail_wherever_enough_rows_lie_outside_the_cor
                 assert scan.kept.size == corpus_only[corpus.name]
 
 
+def test_the_tail_codes_finer_where_the_model_files_are_fp32_or_fp16_than_where_they_are_int8(minilm_tokenizer_json):
+    """In int8 files the model's own rounding is of the order of a 4-value code's; in fp32 and fp16 files the tail
+    is the only error, so each code byte covers 2 values: MiniLM's 384-wide rows get 96 and 192 bytes."""
+    minilm = resolve_model(None)
+    row_bytes = {}
+    for target, quantize in (("cpu", None), ("cpu", "none"), ("cpu", "fp16"), ("web", None), ("android", None)):
+        scan = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "app_texts.txt"], oov="tail",
+                               target=load_target(target, quantize=quantize))
+        row_bytes[target, quantize] = scan.policy.row_bytes
+        assert scan.policy.reason.endswith(f"for {'fp32' if scan.settings.precision == 'none' else scan.settings.precision} model files")
+    assert row_bytes == {("cpu", None): 96, ("cpu", "none"): 192, ("cpu", "fp16"): 192, ("web", None): 96, ("android", None): 96}
+    given = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "app_texts.txt"], oov="tail", tail_row_bytes=24,
+                            target=load_target("cpu", quantize="none"))
+    assert given.policy.row_bytes == 24 and given.policy.reason == "--tail-row-bytes"
+
+
 def test_auto_gives_an_encoder_no_prior_where_its_language_is_unknown_or_the_tail_would_be_too_small(
         minilm_tokenizer_json, tiny_bert, tmp_path):
     numbers = tmp_path / "numbers.txt"

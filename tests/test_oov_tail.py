@@ -85,7 +85,7 @@ def test_a_tail_bundle_ships_the_original_tokenizer_and_numbering(encoder_bundle
     assert json.loads((out.parent / "config.json").read_text())["vocab_size"] == 30522
     tail = manifest["vocab"]["tail"]
     assert manifest["vocab"]["oov"] == "tail" and manifest["vocab"]["remap"] is None
-    assert tail["rows"] == 30522 - manifest["vocab"]["kept"] and tail["row_bytes"] == 8  # 32 wide: 32 / 4
+    assert tail["rows"] == 30522 - manifest["vocab"]["kept"] and tail["row_bytes"] == 16  # 32 wide, fp32 files: 32 / 2
     assert tail["bytes"]["codes"] == tail["rows"] * 8 and tail["bytes"]["row_index"] == 4 * 30522
 
 
@@ -131,12 +131,12 @@ def test_the_graph_answers_as_the_full_model_with_its_tail_rows_decoded(encoder_
 
 def test_a_fine_tuned_tail_bundle_is_the_full_checkpoint_with_its_tail_decoded(tmp_path, tiny_full_vocab, labelled_corpus):
     """Training touches only the corpus's rows: the bundle == the --save-full checkpoint (trained rows merged into
-    the pretrained matrix) reading the decoded tail; the default is 32 / 4 = 8 bytes a row, as for an encoder."""
+    the pretrained matrix) reading the decoded tail; in fp32 files the default is 32 / 2 = 16 bytes a row."""
     from transformers import AutoModelForSequenceClassification
 
     out, manifest = export(tmp_path / "tail", labelled_corpus, tiny_full_vocab, quantize="none",
                            save_full=str(tmp_path / "full"), train=TrainOptions(epochs=1))
-    assert manifest["vocab"]["tail"]["row_bytes"] == 8 and manifest["training"]["oov_dropout"] == 0.0
+    assert manifest["vocab"]["tail"]["row_bytes"] == 16 and manifest["training"]["oov_dropout"] == 0.0
     full = AutoModelForSequenceClassification.from_pretrained(tmp_path / "full")
     trained = full.get_input_embeddings().weight.detach().numpy().copy()
     decoded = decoded_matrix(out)

@@ -66,6 +66,7 @@ class PolicySettings:
     trains: bool  # the export fine-tunes the model; otherwise it ships as pretrained
     tail_row_bytes: int | None = None  # --tail-row-bytes
     seed: int = 0
+    precision: str = "none"  # the number format of the bundle's model files: "none" (fp32), "fp16" or "int8"
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ From benchmarks/oov_accuracy.py (labelled evaluation sets of five kinds, three s
 (docs/oov.md has both tables):
 - ``tail`` whenever the vocabulary leaves enough rows outside the corpus for its codebook: the original tokenizer
   and every row, the corpus's exact and the rest compressed, so text the corpus never had reads as in the full
-  model. Every model gets 1 code byte per 4 embedding values (oov/tail.py says why). An encoder also keeps exact
-  the rows of its language's ENCODER_PRIOR_WORDS most frequent words (``--prior-words``; the language is detected
-  from the corpus): its sentence vectors carry every row's error, and these words are most of any unseen text;
+  model. A code byte covers 2 embedding values in fp32/fp16 model files, 4 in int8 ones (oov/tail.py says why).
+  An encoder also keeps exact the rows of its language's ENCODER_PRIOR_WORDS most frequent words
+  (``--prior-words``; the language is detected from the corpus): its sentence vectors carry every row's error, and
+  these words are most of any unseen text;
 - otherwise (the corpus uses nearly the whole vocabulary, so almost nothing is pruned either way) the earlier
   rule: a labelled corpus keeps only what it uses (unk) and trains with word dropout to UNK; an encoder gets remap
   unless its bundle is more than REMAP_MAX_GROWTH larger than fallback's, or it cannot serve the task.

@@ -7,12 +7,13 @@ codebook learned, seeded, from those rows themselves. A row the corpus never use
 it as pretrained), so compressing it costs training nothing. The graph decodes the code with standard ops
 (Gather, Cast, Add, Where; rowcodes.TailEmbedding), which onnxruntime, ORT Mobile and onnxruntime-web all run.
 
-How many bytes a row gets: 1 per 4 embedding values (SLICE_WIDTH), for every model. Measured with
-benchmarks/oov_accuracy.py and benchmarks/encoder_oov.py (docs/oov.md): an encoder exported as pretrained passes
-each row's error straight into its sentence vectors (24 bytes a row for MiniLM: mean cosine 0.81-0.90 to the
-original model on unseen text, 96 bytes 0.98-0.99); a fine-tuned classifier reads the tail through layers trained
-around it and forgives more, yet on five labelled sets (3 seeds each) 24 bytes a row trailed the full vocabulary by
-0.5 points in the median set and by 1.3 at worst (fortunes), 96 bytes a row by 0.0 and 1.0 (fortunes again).
+How many bytes a row gets follows the number format of the bundle's model files (SLICE_WIDTH): 1 per 2 embedding
+values in fp32 and fp16 files (192 bytes a row for MiniLM), where the tail is the only error in the model, and 1 per
+4 in int8 files (96 bytes a row), whose own rounding is of the same order. Measured with benchmarks/oov_accuracy.py
+and benchmarks/oov_flips.py (fine-tuned classifiers, five labelled sets, 3 seeds) and benchmarks/encoder_oov.py
+(docs/oov.md): at 96 bytes a row the fp32 classifier still lost 0.75 points on fortunes (10 test texts flipped
+against it, 3 for it), at 192 bytes 0.17 (2 and 0); an encoder's int8 vectors reach a mean cosine of 0.98-0.99 to
+the original model at 96. 192 bytes a row would put an int8 bundle over 0.70x optimum's own int8 export.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pema_export.rowcodes import CENTROIDS, TailCode, build_tail_code, install_t
 from pema_export.tokenizers import original_tokenizer_json, tokenizer_json_text
 from pema_export.vocab import open_tokenizer
 
-SLICE_WIDTH = 4  # embedding values per code byte: 96 bytes a row for MiniLM (384 wide), 192 for a 768-wide model
+# Embedding values per code byte, by the model files' number format (PolicySettings.precision).
+SLICE_WIDTH = {"none": 2, "fp16": 2, "int8": 4}  # MiniLM (384 wide): 192 and 96 bytes a row
 PARITY_TEXTS = 64  # texts made of tail tokens that the parity check adds to the corpus sample
 PARITY_TOKENS_PER_TEXT = 8
 # Graph structure a tail adds to a model file besides its tables: the decoding nodes, and the embedding's own nodes
@@ -62,8 +64,9 @@ class Tail(OovPolicy):
         if settings.tail_row_bytes is not None:
             row_bytes, reason = settings.tail_row_bytes, "--tail-row-bytes"
         else:
-            row_bytes = max(1, width // SLICE_WIDTH)
-            reason = f"embedding width {width} / {SLICE_WIDTH}"
+            slice_width = SLICE_WIDTH[settings.precision]
+            row_bytes = max(1, width // slice_width)
+            reason = f"embedding width {width} / {slice_width}, for {'fp32' if settings.precision == 'none' else settings.precision} model files"
         if width % row_bytes:
             raise PemaError(f"--tail-row-bytes {row_bytes}: the embedding's rows ({width} wide) do not split into {row_bytes} "
                             f"equal slices; choose a divisor of {width}")
