@@ -86,7 +86,7 @@ def test_a_tail_bundle_ships_the_original_tokenizer_and_numbering(encoder_bundle
     tail = manifest["vocab"]["tail"]
     assert manifest["vocab"]["oov"] == "tail" and manifest["vocab"]["remap"] is None
     assert tail["rows"] == 30522 - manifest["vocab"]["kept"] and tail["row_bytes"] == 16  # 32 wide, fp32 files: 32 / 2
-    assert tail["bytes"]["codes"] == tail["rows"] * 8 and tail["bytes"]["row_index"] == 4 * 30522
+    assert tail["bytes"]["codes"] == tail["rows"] * 16 and tail["bytes"]["row_index"] == 4 * 30522
 
 
 def test_kept_ids_read_their_exact_rows_and_the_others_their_decoded_pretrained_rows(encoder_bundle, tiny_full_vocab):
