@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -24,6 +25,8 @@ from pema_export.pooling import pool_torch
 from pema_export.tasks import SENTENCE_OUTPUT, CosineCloseness, Task, Top1Agreement
 from pema_export.train import pad_batch
 from pema_export.vocab import KeptVocab, encoded_ahead
+from pema_export import words
+from pema_export.words import WordSplit, encode_words, special_ids, word_split
 
 PARITY_SAMPLE = 1000  # texts checked for output parity: all of them when the corpus has fewer
 PARITY_ATOL = 1e-4
@@ -47,10 +50,90 @@ def check_tokenization(original: Tokenizer, pruned: Tokenizer, kept: KeptVocab, 
                        cancelled: Callable[[], bool] = lambda: False) -> FidelityReport:
     """Every text whose tokens were all kept must get exactly the original ids, renumbered.
 
-    Streams ``texts`` in batches (memory stays one batch ahead, whatever the corpus size), encodes the next batch
-    while this one is compared (``tokenizers`` releases the GIL), and compares a batch's ids as arrays.
-    ``cancelled``: polled between batches, so a check running beside another step stops when that step failed."""
+    Streams ``texts`` in batches (memory stays one batch ahead, whatever the corpus size). Where both tokenizers
+    split texts into words by the same rule (``pema_export.words``), each distinct word is compared once, and a
+    text passes when all its words do; other texts are encoded whole by both, the next batch while this one is
+    compared (``tokenizers`` releases the GIL), and compared as arrays. ``cancelled``: polled between batches, so a
+    check running beside another step stops when that step failed."""
     id_map = kept.id_map
+    split = _shared_word_split(original, pruned, id_map)
+    if split is None:
+        checked, dropped = _check_whole(original, pruned, id_map, texts, cancelled)
+    else:
+        checked, dropped = _check_by_words(original, pruned, id_map, split, texts, cancelled)
+    return FidelityReport(texts_checked=checked, tokenization_mismatches=0, texts_with_dropped_tokens=dropped)
+
+
+def _shared_word_split(original: Tokenizer, pruned: Tokenizer, id_map: np.ndarray) -> WordSplit | None:
+    """The word rule, where both tokenizers normalize, pre-tokenize, cut out added tokens and add special ids alike
+    (the ids renumbered): then a text's ids match when each of its words' ids do."""
+    original_json, pruned_json = json.loads(original.to_str()), json.loads(pruned.to_str())
+    same = all(original_json.get(key) == pruned_json.get(key) for key in ("normalizer", "pre_tokenizer"))
+    added = lambda data: [{k: v for k, v in token.items() if k != "id"} for token in data.get("added_tokens") or []]
+    specials = lambda tokenizer: sorted(special_ids(tokenizer).elements())
+    if not same or added(original_json) != added(pruned_json):
+        return None
+    if sorted(id_map[specials(original)].tolist()) != specials(pruned):
+        return None  # every text would fail: encoding whole names the first one
+    split = word_split(original, original_json)
+    return split if split is not None and split == word_split(pruned, pruned_json) else None
+
+
+def _check_by_words(original: Tokenizer, pruned: Tokenizer, id_map: np.ndarray, split: WordSplit, texts: Iterable[str],
+                    cancelled: Callable[[], bool]) -> tuple[int, int]:
+    """(texts checked, texts skipped for a dropped token), comparing each distinct word once."""
+    known: set[str] = set()  # words compared, at most words.MAX_DISTINCT_WORDS
+    with_dropped: set[str] = set()  # words of ``known`` that contain a dropped token
+    checked = dropped = 0
+    for batch in batched(texts, words.BATCH_TEXTS):
+        if cancelled():
+            break
+        split_texts, split_words, whole = split.split_batch(batch)
+        distinct = set(chain.from_iterable(split_words))
+        new = list(distinct.difference(known))
+        if len(known) + len(new) > words.MAX_DISTINCT_WORDS:  # forget, then compare all of this batch's words again
+            known.clear(), with_dropped.clear()
+            new = list(distinct)
+        if new:
+            before, before_lengths = encode_words(original, new)
+            after, after_lengths = encode_words(pruned, new)
+            mapped = id_map[before]
+            word_of = np.repeat(np.arange(len(new)), before_lengths)
+            has_dropped = np.zeros(len(new), dtype=bool)
+            has_dropped[word_of[mapped == -1]] = True
+            same = before_lengths == after_lengths
+            if same.all():
+                same &= np.bincount(word_of[mapped != after], minlength=len(new)) == 0
+            else:  # ragged: compare word by word
+                ends_before, ends_after = np.cumsum(before_lengths), np.cumsum(after_lengths)
+                same = np.array([np.array_equal(mapped[eb - lb:eb], after[ea - la:ea])
+                                 for eb, lb, ea, la in zip(ends_before, before_lengths, ends_after, after_lengths)], dtype=bool)
+            mismatched = {new[i] for i in np.flatnonzero(~same & ~has_dropped)}
+            known.update(new)
+            with_dropped.update(new[i] for i in np.flatnonzero(has_dropped))
+        else:
+            mismatched = set()
+        bad_here = distinct & with_dropped
+        if mismatched or bad_here:
+            for text, text_words in zip(split_texts, split_words):
+                if not with_dropped.isdisjoint(text_words):
+                    dropped += 1
+                elif not mismatched.isdisjoint(text_words):
+                    _check_whole(original, pruned, id_map, [text], cancelled)  # raises, naming the text and its ids
+                    raise VerificationError(f"tokenization fidelity failed on corpus text {text[:80]!r}")
+                else:
+                    checked += 1
+        else:
+            checked += len(split_texts)
+        if whole:
+            whole_checked, whole_dropped = _check_whole(original, pruned, id_map, whole, cancelled)
+            checked, dropped = checked + whole_checked, dropped + whole_dropped
+    return checked, dropped
+
+
+def _check_whole(original: Tokenizer, pruned: Tokenizer, id_map: np.ndarray, texts: Iterable[str],
+                 cancelled: Callable[[], bool]) -> tuple[int, int]:
+    """(texts checked, texts skipped for a dropped token), encoding every text whole with both tokenizers."""
     checked = dropped = 0
     encode = lambda batch: ([e.ids for e in original.encode_batch_fast(batch)], [e.ids for e in pruned.encode_batch_fast(batch)])
     for batch, (before, after) in encoded_ahead(encode, batched(texts, 1024)):
@@ -71,7 +154,7 @@ def check_tokenization(original: Tokenizer, pruned: Tokenizer, kept: KeptVocab, 
             )
         dropped += int(has_dropped.sum())
         checked += len(batch) - int(has_dropped.sum())
-    return FidelityReport(texts_checked=checked, tokenization_mismatches=0, texts_with_dropped_tokens=dropped)
+    return checked, dropped
 
 
 def _ragged(rows: list[list[int]], width: int, id_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

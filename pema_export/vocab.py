@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 
 from pema_export.corpus import batched
 from pema_export.errors import CorpusError, TokenizerError
+from pema_export.words import count_by_words, word_split
 
 T = TypeVar("T")
 
@@ -66,8 +67,25 @@ class TokenCounts:
 
 
 def count_tokens(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 1024) -> TokenCounts:
-    """Tokenize a stream of texts in batches (special tokens included) and count each id."""
+    """Tokenize a stream of texts (special tokens included) and count each id.
+
+    Where the tokenizer's rule allows (``pema_export.words``), each distinct word is encoded once and counted as
+    often as it occurs: the same counts as encoding every text, several times faster. Other texts are encoded whole,
+    in batches of ``batch_size``."""
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    split = word_split(tokenizer)
+    if split is not None:
+        counts, texts_seen = count_by_words(tokenizer, split, texts, vocab_size,
+                                            lambda whole: _count_whole(tokenizer, whole, vocab_size, batch_size)[0])
+    else:
+        counts, texts_seen = _count_whole(tokenizer, texts, vocab_size, batch_size)
+    if texts_seen == 0:
+        raise CorpusError("corpus has no texts after parsing")
+    return TokenCounts(counts=counts, texts=texts_seen)
+
+
+def _count_whole(tokenizer: Tokenizer, texts: Iterable[str], vocab_size: int, batch_size: int) -> tuple[np.ndarray, int]:
+    """Every text encoded whole, in batches: (occurrences of each id, texts seen)."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     texts_seen = 0
     # offsets are not needed: encode_batch_fast gives the same ids without computing them
@@ -76,9 +94,7 @@ def count_tokens(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 1
         ids = np.fromiter(chain.from_iterable(rows), dtype=np.int64)
         counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
         texts_seen += len(batch)
-    if texts_seen == 0:
-        raise CorpusError("corpus has no texts after parsing")
-    return TokenCounts(counts=counts, texts=texts_seen)
+    return counts, texts_seen
 
 
 def encoded_ahead(encode: Callable[[list], T], batches: Iterable[list]) -> Iterator[tuple[list, T]]:
