@@ -36,7 +36,17 @@ def available_languages() -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def _top_words(language: str, n_words: int) -> tuple[str, ...]:
-    return tuple(_wordfreq().top_n_list(language, n_words, wordlist="best"))
+    words = tuple(_wordfreq().top_n_list(language, n_words, wordlist="best"))
+    _release_wordfreq_lists()
+    return words
+
+
+def _release_wordfreq_lists() -> None:
+    """wordfreq keeps every language's whole list once read (42 languages: 844 MB): only our slice is kept, so
+    detecting the language of a corpus holds one list at a time."""
+    for cached in (_wordfreq().get_frequency_list, _wordfreq().get_frequency_dict):
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
 
 
 def detect_languages(texts: Iterable[str]) -> dict[str, float]:
@@ -98,6 +108,7 @@ def prior_words(tokenizer, languages: list[str], n_words: int, vocab_size: int) 
     for language in languages:
         words = list(_top_words(language, n_words))
         frequencies = np.array([_wordfreq().word_frequency(w, language, wordlist="best") for w in words])
+        _release_wordfreq_lists()
         for form in (words, [" " + w for w in words]):
             for frequency, encoding in zip(frequencies, tokenizer.encode_batch(form, add_special_tokens=False)):
                 ids = np.unique(np.asarray(encoding.ids, dtype=np.int64))
