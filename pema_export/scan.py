@@ -168,6 +168,8 @@ def scan_vocabulary(
     corpus sample when None). ``max_bytes``: the largest vocabulary, ranked by expected benefit, whose predicted
     ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins). ``task``: --task, when given.
     ``tail_row_bytes``: --tail-row-bytes, for the policies that read it."""
+    if prior_lang:
+        check_languages(prior_lang)  # before any work: --oov auto would otherwise only skip its prior words
     tokenizer = open_tokenizer(tokenizer_json)
     config = source.read_config()
     summary = CorpusSummary(sample_size=sample_size, seed=seed)
@@ -219,6 +221,9 @@ def scan_vocabulary(
             prior, detected, oov_choice = _auto_prior(auto_words, settings.trains, language_prior,
                                                       lambda candidate: choose(max_vocab, words=candidate), oov_choice)
 
+    if prior_lang and prior is None:
+        raise CorpusError(f"--prior-lang {','.join(prior_lang)}: this export keeps no prior words (--oov auto keeps them only "
+                          "for an encoder with a compressed tail); pass --prior-words N to keep them")
     predicted = None
     if max_bytes is not None:
         if target is None:

@@ -18,7 +18,7 @@ from pema_export.oov import POLICIES
 from pema_export.oov import prior as oov_prior
 from pema_export.oov import remap as oov_remap
 from pema_export.budget import BudgetError
-from pema_export.errors import TokenizerError
+from pema_export.errors import CorpusError, TokenizerError
 from pema_export.models import resolve_model
 from pema_export.pipeline import ExportOptions, run
 from pema_export.profiles import load_target
@@ -172,6 +172,27 @@ def test_auto_gives_an_encoder_no_prior_where_its_language_is_unknown_or_the_tai
     given = scan_vocabulary(resolve_model(None), minilm_tokenizer_json, [SAMPLES / "search_texts.txt"], oov="auto",
                             target=load_target("cpu"), prior_words=100, prior_lang=["en"])
     assert given.prior.words == 100 and "prior_words" not in given.oov_choice
+
+
+def test_prior_lang_steers_the_words_auto_keeps_for_an_encoder_and_is_refused_where_none_are_kept(minilm_tokenizer_json, tmp_path):
+    minilm = resolve_model(None)
+    german = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "search_texts.txt"], oov="auto",
+                             target=load_target("cpu"), prior_lang=["de"])
+    assert german.prior.languages == ("de",) and german.detected_languages is None
+    assert german.oov_choice["prior_words"] == 2000 and "most frequent de words" in german.oov_choice["reason"]
+    detected = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "search_texts.txt"], oov="auto",
+                               target=load_target("cpu"))
+    assert detected.prior.languages == ("en",) and german.kept.size != detected.kept.size
+    # a fine-tuned model gets no prior words from auto: --prior-lang alone would do nothing, so it is refused
+    with pytest.raises(CorpusError, match="--prior-lang en: this export keeps no prior words"):
+        scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "app_texts.txt"], oov="auto", target=load_target("cpu"),
+                        prior_lang=["en"])
+    with pytest.raises(CorpusError, match="--prior-lang xx: no word list"):  # before the corpus is read
+        scan_vocabulary(minilm, minilm_tokenizer_json, [tmp_path / "missing.txt"], oov="auto", target=load_target("cpu"),
+                        prior_lang=["xx"])
+    done = run_cli("scan", "--corpus", str(SAMPLES / "search_texts.txt"), "--prior-lang", "de", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "most frequent de words" in json.loads(done.stdout)["vocab"]["oov_choice"]["reason"]
 
 
 def test_auto_with_too_few_rows_for_a_tail_keeps_the_earlier_rule():

@@ -53,8 +53,9 @@ def add_vocabulary(parser: argparse.ArgumentParser) -> None:
                         "tokenizer and runs each dropped token as its nearest kept token (a table in the graph); "
                         "'tail' ships the original tokenizer, the corpus's rows exact and every other row as a compact "
                         "code of its pretrained value, decoded in the graph; "
-                        "'auto': for a labelled corpus unk with --oov-dropout 0.1, otherwise remap unless its bundle "
-                        "would be over 2%% larger than fallback's "
+                        "'auto': tail when at least 256 rows lie outside the corpus (an encoder also keeps exact the "
+                        "rows of its language's 2,000 most frequent words), otherwise unk with --oov-dropout 0.1 for a "
+                        "labelled corpus and remap or fallback for an encoder "
                         f"(default {DEFAULT_OOV}; see docs/oov.md for the measurement)")
     parser.add_argument("--max-vocab", type=int, metavar="N", help="keep at most N tokens: special, --keep-tokens and "
                         "--oov pieces, then corpus tokens, then --prior-words tokens, by expected benefit")
@@ -62,10 +63,11 @@ def add_vocabulary(parser: argparse.ArgumentParser) -> None:
                         "bundle for the target fits SIZE (bytes, or '16 MB')")
     parser.add_argument("--prior-words", type=int, metavar="N", help="also keep the tokens of the N most frequent words "
                         "of the corpus's language(s) (wordfreq lists, offline)")
-    parser.add_argument("--prior-lang", metavar="LANG[,LANG]", help="languages for --prior-words (default: detected)")
+    parser.add_argument("--prior-lang", metavar="LANG[,LANG]", help="languages for --prior-words, or for the words "
+                        "--oov auto keeps for an encoder (default: detected from the corpus)")
     parser.add_argument("--tail-row-bytes", type=int, metavar="N", help="--oov tail: bytes per compressed row, a "
-                        "divisor of the embedding width (default: width/16 for a fine-tuned model, width/4 for one "
-                        "exported as pretrained; docs/oov.md)")
+                        "divisor of the embedding width (default: width/2 where the model files are fp32 or fp16, width/4 "
+                        "where they are int8; docs/oov.md)")
 
 
 def check_ranges(args: argparse.Namespace) -> None:
@@ -82,7 +84,7 @@ def check_ranges(args: argparse.Namespace) -> None:
     if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**32:
         raise PemaError(f"--seed must be between 0 and {2**32 - 1}")  # numpy's and torch's seed range
     if getattr(args, "prior_lang", None) is not None:
-        if not args.prior_words:
+        if not args.prior_words and getattr(args, "oov", None) != "auto":  # auto may keep an encoder's prior words
             raise PemaError("--prior-lang names the languages of --prior-words N: pass --prior-words too")
         if not languages(args.prior_lang):
             raise PemaError(f"--prior-lang {args.prior_lang!r} names no language (e.g. en or en,de)")
