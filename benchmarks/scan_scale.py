@@ -10,8 +10,9 @@ sample. Each measurement runs in a fresh process (``--child``), which reports
 - the wall seconds of the work and its tokens per second, and the CPU seconds of the process (all threads): on a
   shared machine the wall figure depends on the load, the CPU figure much less.
 
-Also measured, for the limit: ``tokenizers``' own ``encode_batch`` throughput on the same texts already in memory
-(no reading, no counting), i.e. the most a scan can do on this machine.
+Also measured, for comparison: ``tokenizers``' own ``encode_batch`` throughput on the same texts already in memory
+(no reading, no counting), i.e. the most a scan that encodes every text could do on this machine. The scan and
+fidelity encode each distinct word once where the tokenizer allows it (pema_export/words.py), so they can beat it.
 
     .venv/bin/python benchmarks/scan_scale.py                    # 1,000,000 texts in build/scan-scale/
     .venv/bin/python benchmarks/scan_scale.py --texts 100000 --repeats 3
