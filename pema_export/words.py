@@ -7,8 +7,9 @@ outside its rule is encoded whole, exactly as before:
 - ``whitespace``: pre-tokenizers that split on whitespace and drop it (BertPreTokenizer, Whitespace, WhitespaceSplit,
   alone or in a Sequence with Punctuation or Digits, which only split) behind character-wise normalizers
   (BertNormalizer, Lowercase, StripAccents, NFC/NFD/NFKC/NFKD, Strip): every text, split on " ".
-- ``byte-level``: GPT-2's pattern (ByteLevel with its regex). A space begins a piece and never ends one, so a text
-  whose only whitespace is single spaces between words is its first word, then " " + each later word.
+- ``byte-level``: GPT-2's pattern (ByteLevel with its regex) behind no normalizer or NFC, NFD, Lowercase (none makes
+  a space). A space begins a piece and never ends one, so a text whose only whitespace is single spaces between
+  words is its first word, then " " + each later word.
 - ``metaspace``: Metaspace that splits (SentencePiece: XLM-R, T5, ALBERT), for texts of printable ASCII with single
   spaces between words, behind normalizers that map printable ASCII without making whitespace (Precompiled,
   checked on every printable character and pair; NF*, Lowercase, StripAccents, Strip; Replace of a space-free
