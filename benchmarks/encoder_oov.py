@@ -1,6 +1,6 @@
 """A sentence encoder on text its corpus never had: how close each --oov method's bundle stays to the original model.
 
-    .venv/bin/python benchmarks/encoder_oov.py [--target cpu] [--quantize int8] [--methods ...]
+    .venv/bin/python benchmarks/encoder_oov.py [--target cpu] [--quantize int8] [--methods ...] [--seeds 0 1 2]
 
 all-MiniLM-L6-v2 (embedded, a sentence-transformers model) is exported as pretrained for an unlabelled corpus
 (samples/search_texts.txt, 228 texts) with each method, for one target; each bundle's model and tokenizer then embed
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(REPO / "samples" / "search_texts.txt"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--texts-per-set", type=int, default=200, help="held-out texts per set (the first N)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="--seed of each export (the tail's k-means); "
+                        "the table gives the median over seeds and, with several, the range")
     args = parser.parse_args()
 
     from evalsets import build_all
@@ -68,29 +71,38 @@ def main() -> None:
         vocab = json.loads(source.tokenizer_json.read_text(encoding="utf-8"))["model"]["vocab"]
         everything.write_text("".join(token + "\n" for token in sorted(vocab, key=vocab.get)), encoding="utf-8")
         for method in args.methods:
-            out = Path(scratch) / method / "model.onnx"
-            options = [str(everything) if option == "ALL" else option for option in METHODS[method]]
-            subprocess.run([exe, "--corpus", args.corpus, "--target", args.target, "--quantize", args.quantize, "--out", str(out),
-                            "--quiet", *options], check=True, capture_output=True, text=True)
-            manifest = json.loads((out.parent / "pema-manifest.json").read_text(encoding="utf-8"))
-            row = {"method": method, "oov": manifest["vocab"]["oov"], "kept": manifest["vocab"]["kept"],
-                   "bundle_bytes": sum(f.stat().st_size for f in out.parent.rglob("*")
-                                                      if f.is_file() and f.name != "pema-timings.json"), "sets": {}}
-            for name, batch in texts.items():
-                cosines, agreement = compare_vectors(embed(out, batch), full[name])
-                row["sets"][name] = {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()),
-                                     "neighbour_agreement": agreement}
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            for seed in args.seeds:
+                out = Path(scratch) / f"{method}-seed{seed}" / "model.onnx"
+                options = [str(everything) if option == "ALL" else option for option in METHODS[method]]
+                subprocess.run([exe, "--corpus", args.corpus, "--target", args.target, "--quantize", args.quantize, "--out", str(out),
+                                "--seed", str(seed), "--quiet", *options], check=True, capture_output=True, text=True)
+                manifest = json.loads((out.parent / "pema-manifest.json").read_text(encoding="utf-8"))
+                row = {"method": method, "seed": seed, "oov": manifest["vocab"]["oov"], "kept": manifest["vocab"]["kept"],
+                       "bundle_bytes": sum(f.stat().st_size for f in out.parent.rglob("*")
+                                                          if f.is_file() and f.name != "pema-timings.json"), "sets": {}}
+                for name, batch in texts.items():
+                    cosines, agreement = compare_vectors(embed(out, batch), full[name])
+                    row["sets"][name] = {"cosine_mean": float(cosines.mean()), "cosine_min": float(cosines.min()),
+                                         "neighbour_agreement": agreement}
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     full_bytes = next((r["bundle_bytes"] for r in rows if r["method"] == "full"), None)
     print(f"all-MiniLM-L6-v2 as a sentence encoder, corpus {Path(args.corpus).name}, target {args.target} "
-          f"--quantize {args.quantize}; per held-out set: mean cosine to the original model / nearest-neighbour agreement")
+          f"--quantize {args.quantize}, seeds {' '.join(map(str, args.seeds))}; per held-out set: mean cosine to the "
+          "original model / nearest-neighbour agreement (medians over seeds; with several, the cosine's range)")
     print("| method | kept rows | bundle bytes | × full | " + " | ".join(texts) + " |")
     print("|---|---:|---:|---:|" + "---:|" * len(texts))
-    for row in rows:
-        ratio = f"{row['bundle_bytes'] / full_bytes:.2f}" if full_bytes else "?"
-        cells = " | ".join(f"{row['sets'][n]['cosine_mean']:.4f} / {row['sets'][n]['neighbour_agreement']:.0%}" for n in texts)
-        print(f"| {row['method']} ({row['oov']}) | {row['kept']:,} | {row['bundle_bytes']:,} | {ratio} | {cells} |")
+    for method in args.methods:
+        runs = [row for row in rows if row["method"] == method]
+        size = statistics.median(row["bundle_bytes"] for row in runs)
+        ratio = f"{size / full_bytes:.2f}" if full_bytes else "?"
+        cells = []
+        for name in texts:
+            cosines = [row["sets"][name]["cosine_mean"] for row in runs]
+            spread = f" ({min(cosines):.4f}-{max(cosines):.4f})" if len(runs) > 1 else ""
+            agreement = statistics.median(row["sets"][name]["neighbour_agreement"] for row in runs)
+            cells.append(f"{statistics.median(cosines):.4f}{spread} / {agreement:.0%}")
+        print(f"| {method} ({runs[0]['oov']}) | {runs[0]['kept']:,} | {size:,.0f} | {ratio} | {' | '.join(cells)} |")
     print(json.dumps(rows))
 
 
