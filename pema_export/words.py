@@ -10,10 +10,12 @@ outside its rule is encoded whole, exactly as before:
 - ``byte-level``: GPT-2's pattern (ByteLevel with its regex) behind no normalizer or NFC, NFD, Lowercase (none makes
   a space). A space begins a piece and never ends one, so a text whose only whitespace is single spaces between
   words is its first word, then " " + each later word.
-- ``metaspace``: Metaspace that splits (SentencePiece: XLM-R, T5, ALBERT), for texts of printable ASCII with single
-  spaces between words, behind normalizers that map printable ASCII without making whitespace (Precompiled,
-  checked on every printable character and pair; NF*, Lowercase, StripAccents, Strip; Replace of a space-free
-  string or of runs of two or more spaces).
+- ``metaspace``: Metaspace that splits (SentencePiece: XLM-R, T5, ALBERT), for texts with single spaces between
+  words, behind Precompiled, NF*, Lowercase, StripAccents, Strip, and Replace of a space-free string or of runs of
+  two or more spaces. These normalize one grapheme or character at a time, so each word must be its own
+  graphemes (no combining mark after the space, no prepended mark before it), normalize to something non-empty
+  with no whitespace, and not start with "▁": checked once per distinct word (``WordSplit.local_word``); printable
+  ASCII words are checked once for all, on every printable character and pair.
 
 A text that contains an added token's content is always encoded whole (added tokens are cut out before
 normalization and may take the spaces beside them), as are all texts of a tokenizer with padding, truncation, BPE
@@ -26,7 +28,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Callable, Iterable
 
@@ -56,16 +58,21 @@ class WordSplit:
     ascii_only: bool  # only texts of printable ASCII
     later_prefix: str  # prepended to every word after the first ("" or " ")
     added: re.Pattern | None  # texts where this matches are encoded whole
+    # metaspace: word -> whether it normalizes on its own as inside a text (texts of printable ASCII need no check)
+    local_word: Callable[[str], bool] | None = field(default=None, compare=False)
 
     def words(self, text: str) -> list[str] | None:
         """``text``'s words as the tokenizer encodes them, or None where the text must be encoded whole."""
         if self.added is not None and self.added.search(text):
             return None
-        if self.ascii_only and not (text.isascii() and text.isprintable()):
+        printable_ascii = text.isascii() and text.isprintable()
+        if self.ascii_only and not printable_ascii:
             return None
         if self.plain_only and not PLAIN.fullmatch(text):
             return None
         words = text.split(" ")
+        if self.local_word is not None and not printable_ascii and not all(map(self.local_word, words)):
+            return None
         if self.later_prefix:
             words[1:] = [self.later_prefix + word for word in words[1:]]
         return words
@@ -98,6 +105,7 @@ def word_split(tokenizer: Tokenizer, tokenizer_json: dict | None = None) -> Word
     name, later_prefix = rule
     if name == "metaspace" and not _keeps_ascii(tokenizer):
         return None
+    local_word = _local_word(tokenizer, data["pre_tokenizer"].get("replacement", "\u2581")) if name == "metaspace" else None
     added = data.get("added_tokens") or []
     pattern = None
     if added:
@@ -106,9 +114,9 @@ def word_split(tokenizer: Tokenizer, tokenizer_json: dict | None = None) -> Word
         # whitespace rule keeps such texts to printable ASCII (below) so nothing else can make one
         flags = re.IGNORECASE if any(token.get("normalized") for token in added) else 0
         pattern = re.compile("|".join(map(re.escape, contents)), flags)
-    ascii_only = name == "metaspace" or (name == "whitespace" and any(token.get("normalized") for token in added))
+    ascii_only = name == "whitespace" and any(token.get("normalized") for token in added)
     return WordSplit(rule=name, plain_only=name != "whitespace", ascii_only=ascii_only, later_prefix=later_prefix,
-                     added=pattern)
+                     added=pattern, local_word=local_word)
 
 
 def _rule(pre_tokenizer: dict | None, normalizer: dict | None) -> tuple[str, str] | None:
@@ -162,6 +170,29 @@ def _keeps_ascii(tokenizer: Tokenizer) -> bool:
     if any(not word or any(ch.isspace() for ch in word) for word in normalized):
         return False
     return normalizer.normalize_str(" ".join(words)) == " ".join(normalized)
+
+
+def _local_word(tokenizer: Tokenizer, replacement: str) -> Callable[[str], bool]:
+    """word -> whether Metaspace sees it alone as it sees it in a text: its graphemes end where it ends (Precompiled
+    maps a grapheme or a character at a time), and its normalization is non-empty, free of whitespace and does not
+    start with the replacement character (each would add or move a piece boundary). Cached, bounded."""
+    import regex  # grapheme clusters (\X), as the Precompiled normalizer walks them
+
+    normalizer, cache = tokenizer.normalizer, {}
+    graphemes = regex.compile(r"\X")
+
+    def local(word: str) -> bool:
+        known = cache.get(word)
+        if known is None:
+            if len(cache) >= MAX_DISTINCT_WORDS:
+                cache.clear()
+            normalized = normalizer.normalize_str(word) if normalizer is not None else word
+            known = (bool(normalized) and not normalized.startswith(replacement) and not any(ch.isspace() for ch in normalized)
+                     and len(graphemes.findall(f" {word} ")) == len(graphemes.findall(word)) + 2)
+            cache[word] = known
+        return known
+
+    return local
 
 
 def special_ids(tokenizer: Tokenizer) -> Counter:

@@ -29,8 +29,16 @@ PIECES = [
     " ", " ", " ", "  ", "\t", "\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\u00a0", "\u2028", "\u3000", "\u200b",
     "\x00", "\x01", "\ufffd", "\u00a8", "\u00b4", "\u0301", "\u0308", "İ", "ß", "ﬁ", "Ａ", "½", "``", "''", "▁", "Ġ",
     "[MASK]", "[mask]", "[SEP]", "<mask>", "<s>", "</s>", "[CLS]", "x" * 120, ".", ",", "!", "'", "'s", "'ll", "$",
+    # graphemes that could reach across a space: a prepended mark, joiners, a spacing mark, emoji modifiers and flags
+    "\u0600", "\u200d", "\u200c", "\u093f", "कि", "\U0001f3fb", "👍🏻", "🇩🇪", "\U0001f1e9", "\u1100\u1161", "ᄀ",
+    "ΑΣ", "σ", "Ω", "ﷺ", "\u0e33", "ไทย", "العربية", "ℌ", "①", "\u2581x", "\u3099", "ｶﾞ", "\uff9e",
 ]
-TEXTS = st.lists(st.sampled_from(PIECES), min_size=0, max_size=14).map("".join)
+WORD_PIECES = [piece for piece in PIECES if piece and not any(ch.isspace() for ch in piece)]
+TEXTS = st.one_of(
+    st.lists(st.sampled_from(PIECES), min_size=0, max_size=14).map("".join),  # any whitespace, anywhere
+    # texts the plain-text rules take (single spaces between words), so that the word path itself is what runs
+    st.lists(st.lists(st.sampled_from(WORD_PIECES), min_size=1, max_size=3).map("".join), min_size=1, max_size=6).map(" ".join),
+)
 NASTY = [
     "refund my order", "refund  my order", " refund my order", "refund my order ", "refund\tmy order",
     "it's the [MASK] order", "it's the <mask> order", "café \u0301naïve", "ask \u00a8 me", "東京 refund",
@@ -93,6 +101,10 @@ def test_texts_the_rule_cannot_vouch_for_are_encoded_whole(family):
     if split.rule != "whitespace":
         for text in ("two  spaces", " leading", "trailing ", "a\ttab"):
             assert split.words(text) is None
+    if split.rule == "metaspace":  # a word that is not its own graphemes, or starts with the replacement
+        for text in ("ask \u0301me", "ask \u200dme", "ask \u2581me", "ask\u0600 me"):
+            assert split.words(text) is None, text
+        assert split.words("Straße café naïve 東京") is not None  # but other text of any script splits
     assert split.words("refund my order") is not None
     for text in NASTY:  # and whatever splits is still exact
         pieces = split.words(text)
