@@ -2,15 +2,16 @@
 bytes against optimum's plain fp32 export.
 
 Each row is a real export for the web target (it ships the fp32 graph and its int8 variant side by side), trained
-on --train with the CLI's defaults (--oov auto: unk with word dropout 0.1) and held out on --heldout (--eval). The
-full vocabulary is the same export with every vocabulary token listed in --keep-tokens (as oov_accuracy.py does), so
-the two rows differ only in the rows the embedding holds. Figures per row:
+on --train and held out on --heldout (--eval). "pema" is the CLI's default (--oov auto: the compressed tail, word
+dropout 0.1); "full" is the same export with every vocabulary token listed in --keep-tokens (as oov_accuracy.py
+does), for which auto takes unk with word dropout 0.1. The "-no-dropout" rows (ROW_OPTIONS) train without word
+dropout, so that full and PEMA differ only in the rows the embedding holds. Figures per row:
 
 - ``torch_f1``: the fine-tuned PyTorch model during training (the held-out file through the original tokenizer);
 - ``fp32_f1`` / ``int8_f1``: the shipped onnx/model.onnx / onnx/model_quantized.onnx with the shipped tokenizer,
   one text at a time, as an app runs them (the manifest's heldout section is the fp32 one).
 
-    .venv/bin/python benchmarks/token_classification.py --seeds 0 1 2
+    .venv/bin/python benchmarks/token_classification.py --seeds 0 1 2 [--rows full pema full-no-dropout ...]
 
 Rows are appended to --jsonl as they finish (a long run resumes; --table-only tabulates); the table shows medians.
 """
@@ -37,7 +38,19 @@ from pema_export.train import TrainOptions  # noqa: E402
 from pema_export.vocab import open_tokenizer, unk_token_id  # noqa: E402
 
 TASK = TASKS["token-classification"]
-ROWS = ("full", "pema")
+ROWS = ("full", "full-no-dropout", "pema", "pema-no-dropout", "pema-tail-192-no-dropout")
+# (export options, training options) per row; "full" and "pema" are the defaults. The full vocabulary leaves no rows
+# for a tail, so --oov auto gives it unk with word dropout 0.1; the tail gets the same dropout for this task
+# (Task.tail_word_dropout). The "-no-dropout" rows train without it, so "full-no-dropout" and "pema-no-dropout"
+# differ only in the coded rows (docs/training.md: the same model on the corpus's rows); "pema-tail-192-no-dropout"
+# codes them twice as finely as the web target's int8 default (what fp32 targets get).
+ROW_OPTIONS = {
+    "full": ({}, {}),
+    "full-no-dropout": ({}, {"oov_dropout": 0.0}),
+    "pema": ({}, {}),
+    "pema-no-dropout": ({}, {"oov_dropout": 0.0}),
+    "pema-tail-192-no-dropout": ({"tail_row_bytes": 192}, {"oov_dropout": 0.0}),
+}
 
 
 def main() -> int:
@@ -47,11 +60,12 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--jsonl", default=str(REPO / "benchmarks" / "token_classification.jsonl"))
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=["full", "pema"], help="exports to run (default: full pema)")
     args = parser.parse_args()
     jsonl = Path(args.jsonl)
     if not args.table_only:
         for seed in args.seeds:
-            for name in ROWS:
+            for name in args.rows:
                 if any(r["row"] == name and r["seed"] == seed for r in _rows(jsonl)):
                     continue
                 row = _export(name, args, seed, plain=not any(r.get("plain_model_bytes") for r in _rows(jsonl)))
@@ -66,12 +80,13 @@ def _export(name: str, args, seed: int, plain: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="pema-tokencls-") as scratch:
         scratch = Path(scratch)
         out = scratch / "bundle" / "model.onnx"
-        keep = _whole_vocabulary_file(scratch) if name == "full" else None
-        full_checkpoint = scratch / "full" if plain and name == "pema" else None
+        keep = _whole_vocabulary_file(scratch) if name.startswith("full") else None
+        full_checkpoint = scratch / "full" if plain and name.startswith("pema") else None
         started = time.perf_counter()
         manifest = run(ExportOptions(
             corpus=[args.train], out=str(out), target="web", eval_file=args.heldout, keep_tokens=str(keep) if keep else None,
-            save_full=str(full_checkpoint) if full_checkpoint else None, train=TrainOptions(seed=seed),
+            save_full=str(full_checkpoint) if full_checkpoint else None, train=TrainOptions(seed=seed, **ROW_OPTIONS[name][1]),
+            **ROW_OPTIONS[name][0],
         ), log=lambda message: print(f"  [{name} seed {seed}] {message}", file=sys.stderr)).manifest.to_json()
         seconds = time.perf_counter() - started
         bundle = out.parent

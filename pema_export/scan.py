@@ -215,6 +215,7 @@ def scan_vocabulary(
             lambda name: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target,
                                                 get_policy(name, settings))(choose(max_vocab, name)),
             tail_rows=int(np.count_nonzero(choose(max_vocab, auto.PREFERRED).id_map < 0)),
+            tail_dropout=resolved.tail_word_dropout,
         )
         auto_words = None if prior_words else auto.prior_words(oov, settings.trains)
         if auto_words:

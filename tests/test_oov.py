@@ -195,6 +195,17 @@ def test_prior_lang_steers_the_words_auto_keeps_for_an_encoder_and_is_refused_wh
     assert "most frequent de words" in json.loads(done.stdout)["vocab"]["oov_choice"]["reason"]
 
 
+def test_auto_trains_tagged_sentences_with_word_dropout_under_the_tail_and_texts_without(minilm_tokenizer_json):
+    """Token classification's measured default (Task.tail_word_dropout, benchmarks/token_classification.py); text
+    classification's five-set measurement had none."""
+    minilm = resolve_model(None)
+    tagged = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "slot_texts.jsonl"], oov="auto", target=load_target("web"))
+    assert (tagged.oov, tagged.oov_dropout, tagged.oov_choice["oov_dropout"]) == ("tail", 0.1, 0.1)
+    assert "--oov-dropout 0.1 as a regulariser" in tagged.oov_choice["reason"]
+    texts = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "app_texts.txt"], oov="auto", target=load_target("cpu"))
+    assert (texts.oov, texts.oov_dropout) == ("tail", 0.0) and "oov_dropout" not in texts.oov_choice
+
+
 def test_auto_with_too_few_rows_for_a_tail_keeps_the_earlier_rule():
     """Fewer than 256 rows outside the corpus (no codebook to learn): a labelled corpus gets unk with word dropout;
     otherwise remap, unless its bundle grows more than 2% over fallback's, or it cannot serve the task."""
@@ -209,6 +220,11 @@ def test_auto_with_too_few_rows_for_a_tail_keeps_the_earlier_rule():
     refused = {**no_refusals, "tail": object()}  # a task the tail cannot serve falls back to the earlier rule
     assert auto.choose(True, True, refused, lambda name: 100, tail_rows=5000)[0] == "unk"
     assert auto.choose(True, True, no_refusals, lambda name: 100, tail_rows=256)[:2] == ("tail", 0.0)
+    # a task with a word dropout for the tail (token classification) trains with it, where there is an UNK to use
+    policy, dropout, record = auto.choose(True, True, no_refusals, lambda name: 100, tail_rows=256, tail_dropout=0.1)
+    assert (policy, dropout, record["oov_dropout"]) == ("tail", 0.1, 0.1) and "--oov-dropout 0.1 as a regulariser" in record["reason"]
+    assert auto.choose(True, False, no_refusals, lambda name: 100, tail_rows=256, tail_dropout=0.1)[:2] == ("tail", 0.0)
+    assert auto.choose(False, True, no_refusals, lambda name: 100, tail_rows=256, tail_dropout=0.1)[:2] == ("tail", 0.0)
 
 
 def test_the_default_is_auto_and_the_manifest_and_scan_say_what_it_chose(tiny_bert, labelled_corpus, tmp_path):

@@ -23,8 +23,9 @@ def parser() -> argparse.ArgumentParser:
     options.add_target(parser)
     options.add_vocabulary(parser)
     parser.add_argument("--oov-dropout", type=float, metavar="P", help="in training, replace a share P of corpus words "
-                        "by what an unseen word becomes (UNK, or the nearest kept token under --oov remap); default: "
-                        "0.1 when --oov auto chooses unk for a labelled corpus, else 0")
+                        "by what an unseen word becomes (UNK, or the nearest kept token under --oov remap; under --oov tail, "
+                        "where no unseen word becomes UNK, UNK as a regulariser); default: 0.1 when --oov auto chooses "
+                        "unk for a labelled corpus or the tail for tagged sentences, else 0")
     parser.add_argument("--task", choices=requestable_tasks(), help="export the masked-LM head (logits over the kept "
                         "vocabulary) instead of a classifier/feature extractor")
     parser.add_argument("--eval", dest="eval_file", metavar="FILE", help="held-out texts the corpus does not contain: labelled for a classifier (accuracy of the "

@@ -7,7 +7,8 @@ From benchmarks/oov_accuracy.py (labelled evaluation sets of five kinds, three s
   model. A code byte covers 2 embedding values in fp32/fp16 model files, 4 in int8 ones (oov/tail.py says why).
   An encoder also keeps exact the rows of its language's ENCODER_PRIOR_WORDS most frequent words
   (``--prior-words``; the language is detected from the corpus): its sentence vectors carry every row's error, and
-  these words are most of any unseen text;
+  these words are most of any unseen text. A task whose Task.tail_word_dropout is set (token classification: 0.1)
+  trains with word dropout to UNK as a regulariser (oov/tail.py: no unseen word becomes UNK in the bundle);
 - otherwise (the corpus uses nearly the whole vocabulary, so almost nothing is pruned either way) the earlier
   rule: a labelled corpus keeps only what it uses (unk) and trains with word dropout to UNK; an encoder gets remap
   unless its bundle is more than REMAP_MAX_GROWTH larger than fallback's, or it cannot serve the task.
@@ -33,12 +34,15 @@ ENCODER_PRIOR_WORDS = 2000
 
 
 def choose(trains: bool, has_unk: bool, refusals: dict[str, object], predict_bytes: Callable[[str], int],
-           tail_rows: int) -> tuple[str, float, dict]:
+           tail_rows: int, tail_dropout: float = 0.0) -> tuple[str, float, dict]:
     """(policy, its --oov-dropout, the manifest's record of the choice). ``trains``: the corpus fine-tunes the model;
     ``refusals``: each candidate's Refusal for the task (or None); ``predict_bytes``: policy -> predicted bundle
-    bytes; ``tail_rows``: the rows a compressed tail would code."""
+    bytes; ``tail_rows``: the rows a compressed tail would code; ``tail_dropout``: the task's word dropout under the
+    tail when the corpus trains it (Task.tail_word_dropout; it needs an UNK token)."""
     if tail_rows >= CENTROIDS and refusals.get(PREFERRED) is None:
-        return PREFERRED, 0.0, {"requested": NAME, "chosen": PREFERRED, "reason": tail_reason(trains, tail_rows)}
+        dropout = tail_dropout if trains and has_unk else 0.0
+        record = {"requested": NAME, "chosen": PREFERRED, "reason": tail_reason(trains, tail_rows, dropout=dropout)}
+        return PREFERRED, dropout, {**record, "oov_dropout": dropout} if dropout else record
     fewer = f"only {tail_rows} rows lie outside the corpus, too few for a compressed tail ({CENTROIDS} needed); "
     if trains and has_unk:
         return CLASSIFIER_POLICY, CLASSIFIER_DROPOUT, {
@@ -51,11 +55,13 @@ def choose(trains: bool, has_unk: bool, refusals: dict[str, object], predict_byt
     return policy, 0.0, {**record, "reason": fewer + record["reason"]}
 
 
-def tail_reason(trains: bool, tail_rows: int, prior_words: int | None = None, languages: tuple[str, ...] = ()) -> str:
+def tail_reason(trains: bool, tail_rows: int, prior_words: int | None = None, languages: tuple[str, ...] = (),
+                dropout: float = 0.0) -> str:
     exact = f"the corpus's {'fine-tuned ' if trains else ''}rows"
     if prior_words:
         exact += f" and those of the {prior_words:,} most frequent {'/'.join(languages)} words (most of any unseen text)"
-    return f"{exact} exact, the other {tail_rows:,} compressed: unseen text reads as in the full model (docs/oov.md)"
+    regulariser = f"; fine-tuned with --oov-dropout {dropout} as a regulariser (this task's measured default)" if dropout else ""
+    return f"{exact} exact, the other {tail_rows:,} compressed: unseen text reads as in the full model (docs/oov.md){regulariser}"
 
 
 def resolve_auto_oov(predicted: dict[str, int], unavailable: str | None = None) -> tuple[str, dict]:
