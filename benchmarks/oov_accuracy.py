@@ -11,6 +11,8 @@ whose shipped model is run with its shipped tokenizer on the set's test file, on
   get no gradient (the repository's equivalence test, tests/test_pema.py), and none of these methods changes the
   training data. ``full`` keeps every row exact: the ceiling.
 - ``unk+dropout``: ``--oov unk --oov-dropout 0.1``, which trains differently, so it is fine-tuned on its own.
+- ``tail-192+dropout``: ``--oov tail --tail-row-bytes 192 --oov-dropout 0.1``: word dropout as a regulariser under the
+  tail (what token classification gets by default), also fine-tuned on its own.
 - ``default``: plain ``pema-export`` (``--oov auto``) fine-tuned on its own, to show the default as users get it.
 
 Bytes: every row's bundle (all shipped files) against optimum's plain export of the same full-vocabulary model,
@@ -55,7 +57,8 @@ DERIVED = {
     # also exact: the rows of the language's 2,000 most frequent words (pretrained, as the full model has them)
     "tail-24+prior-2000": ["--oov", "tail", "--tail-row-bytes", "24", "--prior-words", "2000"],
 }
-METHODS = ["full", "unk", "unk+dropout", "fallback", "remap", "tail-24", "tail-48", "tail-96", "tail-192", "tail-24+prior-2000", "default"]
+METHODS = ["full", "unk", "unk+dropout", "fallback", "remap", "tail-24", "tail-48", "tail-96", "tail-192", "tail-24+prior-2000",
+           "tail-192+dropout", "default"]
 
 
 def main() -> int:
@@ -118,6 +121,10 @@ def run_seed(jsonl: Path, set_name: str, train: Path, test: Path, seed: int, met
         if "unk+dropout" in todo:
             row = export(scratch / "dropout", ["--corpus", str(train), "--oov", "unk", "--oov-dropout", str(DROPOUT), *common], test)
             record(jsonl, set_name, seed, "unk+dropout", row, done)
+        if "tail-192+dropout" in todo:  # word dropout as a regulariser under the tail (trains differently: its own run)
+            row = export(scratch / "tail-dropout", ["--corpus", str(train), "--oov", "tail", "--tail-row-bytes", "192",
+                                                    "--oov-dropout", str(DROPOUT), *common], test)
+            record(jsonl, set_name, seed, "tail-192+dropout", row, done)
         if "default" in todo:
             row = export(scratch / "default", ["--corpus", str(train), "--epochs", str(EPOCHS), "--seed", str(seed),
                                                "--quantize", "none"], test)
