@@ -26,7 +26,7 @@ from pema_export.tasks import SENTENCE_OUTPUT, CosineCloseness, Task, Top1Agreem
 from pema_export.train import pad_batch
 from pema_export.vocab import KeptVocab, encoded_ahead
 from pema_export import words
-from pema_export.words import WordSplit, encode_words, special_ids, word_split
+from pema_export.words import WordSplit, special_ids, word_split
 
 PARITY_SAMPLE = 1000  # texts checked for output parity: all of them when the corpus has fewer
 PARITY_ATOL = 1e-4
@@ -95,19 +95,8 @@ def _check_by_words(original: Tokenizer, pruned: Tokenizer, id_map: np.ndarray, 
             known.clear(), with_dropped.clear()
             new = list(distinct)
         if new:
-            before, before_lengths = encode_words(original, new)
-            after, after_lengths = encode_words(pruned, new)
-            mapped = id_map[before]
-            word_of = np.repeat(np.arange(len(new)), before_lengths)
-            has_dropped = np.zeros(len(new), dtype=bool)
-            has_dropped[word_of[mapped == -1]] = True
-            same = before_lengths == after_lengths
-            if same.all():
-                same &= np.bincount(word_of[mapped != after], minlength=len(new)) == 0
-            else:  # ragged: compare word by word
-                ends_before, ends_after = np.cumsum(before_lengths), np.cumsum(after_lengths)
-                same = np.array([np.array_equal(mapped[eb - lb:eb], after[ea - la:ea])
-                                 for eb, lb, ea, la in zip(ends_before, before_lengths, ends_after, after_lengths)], dtype=bool)
+            encode = lambda tokenizer: [e.ids for e in tokenizer.encode_batch_fast(new, add_special_tokens=False)]
+            has_dropped, same = _compare_rows(encode(original), encode(pruned), id_map)
             mismatched = {new[i] for i in np.flatnonzero(~same & ~has_dropped)}
             known.update(new)
             with_dropped.update(new[i] for i in np.flatnonzero(has_dropped))
@@ -139,15 +128,11 @@ def _check_whole(original: Tokenizer, pruned: Tokenizer, id_map: np.ndarray, tex
     for batch, (before, after) in encoded_ahead(encode, batched(texts, 1024)):
         if cancelled():
             break
-        width = max(max(map(len, before), default=0), max(map(len, after), default=0))
-        expected, lengths = _ragged(before, width, id_map)
-        got, got_lengths = _ragged(after, width)
-        has_dropped = (expected == -1).any(axis=1)
-        same = (lengths == got_lengths) & (expected == got).all(axis=1)
+        has_dropped, same = _compare_rows(before, after, id_map)
         failed = np.flatnonzero(~same & ~has_dropped)
         if failed.size:
             row = int(failed[0])
-            want = expected[row, : lengths[row]].tolist()
+            want = id_map[before[row]].tolist()
             raise VerificationError(
                 f"tokenization fidelity failed on corpus text {batch[row][:80]!r}: "
                 f"pruned ids {after[row][:12]} != original ids mapped {want[:12]}"
@@ -155,6 +140,15 @@ def _check_whole(original: Tokenizer, pruned: Tokenizer, id_map: np.ndarray, tex
         dropped += int(has_dropped.sum())
         checked += len(batch) - int(has_dropped.sum())
     return checked, dropped
+
+
+def _compare_rows(before: list[list[int]], after: list[list[int]], id_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (a text, or a word): whether the original ids hold a dropped token, and whether the pruned ids equal
+    the original ids mapped old -> new."""
+    width = max(max(map(len, before), default=0), max(map(len, after), default=0))
+    expected, lengths = _ragged(before, width, id_map)
+    got, got_lengths = _ragged(after, width)
+    return (expected == -1).any(axis=1), (lengths == got_lengths) & (expected == got).all(axis=1)
 
 
 def _ragged(rows: list[list[int]], width: int, id_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
