@@ -26,7 +26,7 @@ from pema_export.tasks import SENTENCE_OUTPUT, CosineCloseness, Task, Top1Agreem
 from pema_export.train import pad_batch
 from pema_export.vocab import KeptVocab, encoded_ahead
 from pema_export import words
-from pema_export.words import WordSplit, special_ids, word_split
+from pema_export.words import WordSplit, post_processor_ids, word_split
 
 PARITY_SAMPLE = 1000  # texts checked for output parity: all of them when the corpus has fewer
 PARITY_ATOL = 1e-4
@@ -70,7 +70,7 @@ def _shared_word_split(original: Tokenizer, pruned: Tokenizer, id_map: np.ndarra
     original_json, pruned_json = json.loads(original.to_str()), json.loads(pruned.to_str())
     same = all(original_json.get(key) == pruned_json.get(key) for key in ("normalizer", "pre_tokenizer"))
     added = lambda data: [{k: v for k, v in token.items() if k != "id"} for token in data.get("added_tokens") or []]
-    specials = lambda tokenizer: sorted(special_ids(tokenizer).elements())
+    specials = lambda tokenizer: sorted(post_processor_ids(tokenizer).elements())
     if not same or added(original_json) != added(pruned_json):
         return None
     if sorted(id_map[specials(original)].tolist()) != specials(pruned):

@@ -195,7 +195,7 @@ def _local_word(tokenizer: Tokenizer, replacement: str) -> Callable[[str], bool]
     return local
 
 
-def special_ids(tokenizer: Tokenizer) -> Counter:
+def post_processor_ids(tokenizer: Tokenizer) -> Counter:
     """The ids the post-processor adds around one text (e.g. [CLS] and [SEP]), as counts."""
     probe = "a"
     return Counter(tokenizer.encode(probe, add_special_tokens=True).ids) - Counter(tokenizer.encode(probe, add_special_tokens=False).ids)
@@ -234,7 +234,7 @@ def count_by_words(tokenizer: Tokenizer, split: WordSplit, texts: Iterable[str],
         if len(words) > MAX_DISTINCT_WORDS:
             flush()
     flush()
-    for special_id, per_text in special_ids(tokenizer).items():
+    for special_id, per_text in post_processor_ids(tokenizer).items():
         counts[special_id] += per_text * split_texts
     return counts, texts_seen
 

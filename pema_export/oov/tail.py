@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from pema_export.errors import PemaError
-from pema_export.oov import AppliedPolicy, OovDropout, OovPolicy, PolicyBytes, PolicySettings
+from pema_export.oov import AppliedPolicy, OovPolicy, PolicyBytes, PolicySettings
 from pema_export.rowcodes import CENTROIDS, TailCode, build_tail_code, install_tail
 from pema_export.tokenizers import original_tokenizer_json, tokenizer_json_text
 from pema_export.vocab import open_tokenizer
@@ -107,13 +107,10 @@ class AppliedTail(AppliedPolicy):
     kept: object  # vocab.KeptVocab
     tokenizer_json: dict
     parity: dict = field(default_factory=dict)  # the parity check on texts made of tail tokens
-
-    def dropout(self, rate: float, kept, unk_id: int | None) -> OovDropout | None:
-        """No unseen word becomes UNK in a tail's bundle (each keeps its own coded rows), so word dropout to UNK is
-        only a regulariser here: the model learns to read a word from its context. Measured on the slot corpus
-        (benchmarks/token_classification.py, 3 seeds), 0.1 adds 1.6-2.7 points of entity F1, as it adds 1.0-2.3 to
-        the full vocabulary; --oov auto gives it to the tasks whose Task.tail_word_dropout says so."""
-        return super().dropout(rate, kept, unk_id)
+    # --oov-dropout keeps AppliedPolicy's UNK substitute. No unseen word becomes UNK in a tail's bundle (each keeps its
+    # own coded rows), so here it is only a regulariser: the model learns to read a word from its context. Measured
+    # on the slot corpus (benchmarks/token_classification.py, 3 seeds), 0.1 adds 1.6-2.7 points of entity F1, as it
+    # adds 1.0-2.3 to the full vocabulary; --oov auto gives it to the tasks whose Task.tail_word_dropout says so.
 
     def transform_model(self, model):
         """A copy of the trained model (sharing its tensors) that takes original ids: the kept rows exact, the others
