@@ -1,8 +1,8 @@
 """Where training runs (--device, --precision, data-parallel launches) and the hand-over to the CPU after it.
 
-No GPU is needed: the CUDA decisions are checked against a simulated torch.cuda, the hand-over with a model on
-PyTorch's lazy device (export from it fails the way export from a GPU did), and data parallelism with two real
-processes over gloo.
+No GPU is needed: the CUDA decisions are checked against a simulated torch.cuda; the training loop, and the hand-over
+of a model left on another device, on PyTorch's lazy device (which, like CUDA, refuses CPU tensors: export from it
+fails the way export from a GPU did); and data parallelism with two real processes over gloo.
 """
 
 from __future__ import annotations
@@ -160,6 +160,61 @@ def test_a_model_trained_on_another_device_in_bf16_is_exported_and_verified_from
     model = trained["model"].to(lazy_device)
     with pytest.raises(RuntimeError):
         export_onnx(model, TASKS["text-classification"], load_target("cpu"), tmp_path / "x.onnx")
+
+
+@pytest.fixture()
+def lazy_training(monkeypatch, lazy_device):
+    """``--device lazy`` trains on PyTorch's lazy device, as ``--device cuda`` trains on a GPU.
+
+    The lazy device refuses any operation that mixes its tensors with CPU tensors (``Input tensor is not a lazy
+    tensor``), as CUDA refuses a CPU index: a batch, label or index the loop forgets to move fails the run. Its
+    graphs grow until a step boundary, which PyTorch/XLA-style loops mark; here the learning-rate schedule's step (once
+    per optimizer step) marks it."""
+    import torch._lazy
+    from pema_export import devices
+
+    choose = devices._device
+    monkeypatch.setattr(devices, "_device", lambda name, processes: (lazy_device, "the lazy device") if name == "lazy"
+                        else choose(name, processes))
+    schedule_step = torch.optim.lr_scheduler.LambdaLR.step
+
+    def step_and_mark(self, *args, **kwargs):
+        schedule_step(self, *args, **kwargs)
+        torch._lazy.mark_step()
+
+    monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", step_and_mark)
+
+
+def slot_corpus(tmp_path: Path, lines: int = 64) -> Path:
+    corpus = tmp_path / "slots.jsonl"
+    corpus.write_text("\n".join((REPO / "samples" / "slot_texts.jsonl").read_text(encoding="utf-8").splitlines()[:lines]) + "\n")
+    return corpus
+
+
+@pytest.mark.parametrize("task", ["text-classification", "token-classification"])
+def test_training_on_a_device_other_than_the_cpu_runs_every_step_there_and_trains_the_cpu_model(
+        tmp_path, tiny_bert_without_dropout, labelled_corpus, lazy_training, task):
+    """The CPU's stand-in for issue 12's GPU run: the real loop (batches, labels, loss, clipping, AdamW, the
+    per-epoch held-out figure) on a device other than the CPU, then the hand-over, export and verification. Without
+    dropout the two devices compute the same numbers, so the model must equal the one trained on the CPU."""
+    from pema_export import pipeline
+
+    corpus = labelled_corpus if task == "text-classification" else slot_corpus(tmp_path)
+    results = {}
+    for device in ("cpu", "lazy"):
+        options = pipeline.ExportOptions(corpus=[str(corpus)], out=str(tmp_path / device / "model.onnx"),
+                                         model=str(tiny_bert_without_dropout), quantize="none",
+                                         save_full=str(tmp_path / f"{device}-full"), train=TrainOptions(epochs=1, lr=2e-3, device=device))
+        results[device] = pipeline.run(options).manifest
+    lazy, cpu = results["lazy"], results["cpu"]
+    assert (lazy.training.device, cpu.training.device) == ("lazy", "cpu") and lazy.model.task == task
+    assert lazy.parity.tokenization_mismatches == 0 and lazy.parity.max_abs_diff <= lazy.parity.atol
+    assert lazy.training.evaluation == cpu.training.evaluation and lazy.training.evaluation
+    pretrained = read_weights(tiny_bert_without_dropout)
+    on_cpu, on_lazy = read_weights(tmp_path / "cpu-full"), read_weights(tmp_path / "lazy-full")
+    moved = max((on_cpu[f"bert.{k}"] - pretrained[k]).abs().max().item() for k in pretrained if f"bert.{k}" in on_cpu)
+    differ = max((on_cpu[k] - on_lazy[k]).abs().max().item() for k in on_cpu)
+    assert moved > 1e-3 and differ < 1e-5, (moved, differ)
 
 
 @pytest.fixture(scope="module")
