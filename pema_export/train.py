@@ -16,7 +16,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from pema_export.devices import Placement, Replicas, resolve_placement
 from pema_export.entities import IGNORED
-from pema_export.errors import CorpusError, PemaError
+from pema_export.errors import CorpusError, DeviceError, PemaError
 from pema_export.tasks import Score, accuracy
 
 
@@ -205,12 +205,25 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
             report.eval_figures = score.figures
         replicas.finish()
     except RuntimeError as exc:
+        # out of memory (CUDA's torch.OutOfMemoryError; the CPU allocator's plain RuntimeError): the batch, not a bug
+        if isinstance(exc, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(exc):
+            raise _out_of_memory(placement, options, train_set) from exc
         if replicas.processes.count == 1:
             raise
         raise replicas.failed(exc) from exc
     report.seconds = time.perf_counter() - started
     model.eval()
     return report
+
+
+def _out_of_memory(placement: Placement, options: TrainOptions, train_set: EncodedSet) -> DeviceError:
+    """Training did not fit the device's memory, as one line that says what to lower."""
+    longest = max(map(len, train_set.input_ids), default=0)
+    where = f"process {placement.processes.rank} of {placement.processes.count}, " if placement.processes.count > 1 else ""
+    cheaper = "" if placement.precision != "fp32" or placement.device.type == "cpu" else ", or train in --precision bf16"
+    return DeviceError(f"{where}{placement.device} ran out of memory training batches of {options.batch_size} texts of up to "
+                       f"{longest} tokens in {placement.precision}: lower --batch-size or --max-length{cheaper}; nothing "
+                       "was written")
 
 
 def _share_loss(trained: nn.Module, replicas: Replicas, input_ids: torch.Tensor, attention_mask: torch.Tensor,

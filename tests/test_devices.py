@@ -89,6 +89,34 @@ def test_a_cpu_without_the_precision_is_refused_in_one_line(monkeypatch, capsys,
     assert resolve_placement("cpu", precision, environ={}).precision == precision  # this machine: torch has both
 
 
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 15.77 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 17592186044416 bytes. Error code 12 (Cannot allocate memory)"),
+], ids=["cuda", "cpu"])
+def test_training_out_of_memory_is_one_line_that_says_what_to_lower(monkeypatch, capsys, tmp_path, tiny_bert, labelled_corpus,
+                                                                    error):
+    from pema_export import train
+
+    def no_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(train, "_share_loss", no_memory)
+    out = tmp_path / "b" / "model.onnx"
+    assert main(["--model", str(tiny_bert), "--corpus", str(labelled_corpus), "--out", str(out), "--batch-size", "32",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pema-export: error: cpu ran out of memory training batches of 32 texts of "
+                                                     "up to "), err
+    assert err.endswith(" tokens in fp32: lower --batch-size or --max-length; nothing was written\n")
+    assert not (tmp_path / "b").exists()
+    # a GPU in fp32 is also told about bf16
+    gpu = Placement(torch.device("cuda", 0), "--device cuda", "fp32")
+    assert str(train._out_of_memory(gpu, TrainOptions(), train.EncodedSet([[1, 2, 3]], [0]))) == (
+        "cuda:0 ran out of memory training batches of 16 texts of up to 3 tokens in fp32: lower --batch-size or "
+        "--max-length, or train in --precision bf16; nothing was written")
+
+
 def test_accelerate_launch_precision_is_the_default_and_a_contradiction_is_refused():
     assert resolve_placement("cpu", None, environ={}).precision == "fp32"
     assert resolve_placement("cpu", None, environ={"ACCELERATE_MIXED_PRECISION": "bf16"}).precision == "bf16"
