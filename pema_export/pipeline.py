@@ -265,7 +265,7 @@ def scan(plan: Plan, log: Callable[[str], None]) -> Vocabulary:
         plan.source, plan.tokenizer_json, plan.corpus_paths, keep_tokens=options.keep_tokens, min_count=options.min_count,
         oov=options.oov, max_vocab=options.max_vocab, sample_size=PARITY_SAMPLE, seed=options.train.seed,
         prior_words=options.prior_words, prior_lang=options.prior_lang, max_bytes=options.max_bytes, target=plan.target,
-        task=options.task, tail_row_bytes=options.tail_row_bytes,
+        task=options.task, tail_row_bytes=options.tail_row_bytes, oov_dropout=options.train.oov_dropout,
     )
     counts, kept, summary = found.counts, found.kept, found.summary
     if found.oov_choice:

@@ -161,13 +161,15 @@ def scan_vocabulary(
     target: Target | None = None,
     task: str | None = None,
     tail_row_bytes: int | None = None,
+    oov_dropout: float | None = None,
 ) -> VocabScan:
     """Stream the corpus once: count token ids, note labels, keep a seeded sample; then choose the kept ids.
 
     ``prior_words``: also keep the tokens of that many most frequent words of ``prior_lang`` (detected from the
     corpus sample when None). ``max_bytes``: the largest vocabulary, ranked by expected benefit, whose predicted
     ``target`` bundle fits (with ``max_vocab`` too, the smaller cap wins). ``task``: --task, when given.
-    ``tail_row_bytes``: --tail-row-bytes, for the policies that read it."""
+    ``tail_row_bytes``: --tail-row-bytes, for the policies that read it. ``oov_dropout``: --oov-dropout, when given
+    (under --oov auto it replaces auto's own rate, and the choice's record says so)."""
     if prior_lang:
         check_languages(prior_lang)  # before any work: --oov auto would otherwise only skip its prior words
     tokenizer = open_tokenizer(tokenizer_json)
@@ -215,7 +217,7 @@ def scan_vocabulary(
             lambda name: bundle_bytes_predictor(source, tokenizer_json, unlabelled, None, target,
                                                 get_policy(name, settings))(choose(max_vocab, name)),
             tail_rows=int(np.count_nonzero(choose(max_vocab, auto.PREFERRED).id_map < 0)),
-            tail_dropout=resolved.tail_word_dropout,
+            tail_dropout=resolved.tail_word_dropout, dropout_given=oov_dropout,
         )
         auto_words = None if prior_words else auto.prior_words(oov, settings.trains)
         if auto_words:

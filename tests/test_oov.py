@@ -202,6 +202,9 @@ def test_auto_trains_tagged_sentences_with_word_dropout_under_the_tail_and_texts
     tagged = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "slot_texts.jsonl"], oov="auto", target=load_target("web"))
     assert (tagged.oov, tagged.oov_dropout, tagged.oov_choice["oov_dropout"]) == ("tail", 0.1, 0.1)
     assert "--oov-dropout 0.1 as a regulariser" in tagged.oov_choice["reason"]
+    undropped = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "slot_texts.jsonl"], oov="auto", target=load_target("web"),
+                                oov_dropout=0.0)
+    assert (undropped.oov, undropped.oov_dropout, undropped.oov_choice["oov_dropout"]) == ("tail", 0.0, 0.0)
     texts = scan_vocabulary(minilm, minilm_tokenizer_json, [SAMPLES / "app_texts.txt"], oov="auto", target=load_target("cpu"))
     assert (texts.oov, texts.oov_dropout) == ("tail", 0.0) and "oov_dropout" not in texts.oov_choice
 
@@ -225,6 +228,15 @@ def test_auto_with_too_few_rows_for_a_tail_keeps_the_earlier_rule():
     assert (policy, dropout, record["oov_dropout"]) == ("tail", 0.1, 0.1) and "--oov-dropout 0.1 as a regulariser" in record["reason"]
     assert auto.choose(True, False, no_refusals, lambda name: 100, tail_rows=256, tail_dropout=0.1)[:2] == ("tail", 0.0)
     assert auto.choose(False, True, no_refusals, lambda name: 100, tail_rows=256, tail_dropout=0.1)[:2] == ("tail", 0.0)
+    # the user's --oov-dropout replaces auto's own rate, and the record says which it is, not auto's
+    for tail_rows, own in ((256, 0.1), (255, 0.1), (256, 0.0)):
+        policy, dropout, record = auto.choose(True, True, no_refusals, lambda name: 100, tail_rows=tail_rows, tail_dropout=0.1 if own else 0.0,
+                                              dropout_given=0.0 if own else 0.2)
+        given = 0.0 if own else 0.2
+        assert (dropout, record["oov_dropout"]) == (given, given)
+        assert record["reason"].endswith(f"fine-tuned with --oov-dropout {given} (given, in place of auto's {own})"), record
+    assert auto.choose(True, True, no_refusals, lambda name: 100, tail_rows=256, tail_dropout=0.1, dropout_given=0.1)[2]["reason"].endswith(
+        "fine-tuned with --oov-dropout 0.1 (given; auto's own rate too)")
 
 
 def test_the_default_is_auto_and_the_manifest_and_scan_say_what_it_chose(tiny_bert, labelled_corpus, tmp_path):
@@ -240,6 +252,11 @@ def test_the_default_is_auto_and_the_manifest_and_scan_say_what_it_chose(tiny_be
     explicit = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "b" / "model.onnx"), model=str(tiny_bert),
                                  oov="unk", train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest.to_json()
     assert explicit["vocab"]["oov"] == "unk" and explicit["training"]["oov_dropout"] == 0.0  # a given policy and rate win
+    # a given rate under auto: the manifest's choice records the rate training used, not auto's own
+    given = run(ExportOptions(corpus=[str(labelled_corpus)], out=str(tmp_path / "c" / "model.onnx"), model=str(tiny_bert),
+                              train=TrainOptions(epochs=1, oov_dropout=0.0))).manifest.to_json()
+    assert given["training"]["oov_dropout"] == given["vocab"]["oov_choice"]["oov_dropout"] == 0.0
+    assert given["vocab"]["oov_choice"]["reason"].endswith("--oov-dropout 0.0 (given, in place of auto's 0.1)")
     done = run_cli("scan", "--corpus", labelled_corpus, "--model", tiny_bert)
     assert done.returncode == 0 and f"--oov {choice['chosen']} (auto: " in done.stdout
 

@@ -34,20 +34,23 @@ ENCODER_PRIOR_WORDS = 2000
 
 
 def choose(trains: bool, has_unk: bool, refusals: dict[str, object], predict_bytes: Callable[[str], int],
-           tail_rows: int, tail_dropout: float = 0.0) -> tuple[str, float, dict]:
+           tail_rows: int, tail_dropout: float = 0.0, dropout_given: float | None = None) -> tuple[str, float, dict]:
     """(policy, its --oov-dropout, the manifest's record of the choice). ``trains``: the corpus fine-tunes the model;
     ``refusals``: each candidate's Refusal for the task (or None); ``predict_bytes``: policy -> predicted bundle
     bytes; ``tail_rows``: the rows a compressed tail would code; ``tail_dropout``: the task's word dropout under the
-    tail when the corpus trains it (Task.tail_word_dropout; it needs an UNK token)."""
+    tail when the corpus trains it (Task.tail_word_dropout; it needs an UNK token); ``dropout_given``: the user's
+    --oov-dropout, which replaces auto's own, and the record says so."""
     if tail_rows >= CENTROIDS and refusals.get(PREFERRED) is None:
-        dropout = tail_dropout if trains and has_unk else 0.0
-        record = {"requested": NAME, "chosen": PREFERRED, "reason": tail_reason(trains, tail_rows, dropout=dropout)}
-        return PREFERRED, dropout, {**record, "oov_dropout": dropout} if dropout else record
+        own = tail_dropout if trains and has_unk else 0.0
+        dropout, phrase = _dropout(own, dropout_given if trains else None, "as a regulariser (this task's measured default)")
+        record = {"requested": NAME, "chosen": PREFERRED, "reason": tail_reason(trains, tail_rows) + (f"; {phrase}" if phrase else "")}
+        return PREFERRED, dropout, {**record, "oov_dropout": dropout} if dropout or phrase else record
     fewer = f"only {tail_rows} rows lie outside the corpus, too few for a compressed tail ({CENTROIDS} needed); "
     if trains and has_unk:
-        return CLASSIFIER_POLICY, CLASSIFIER_DROPOUT, {
-            "requested": NAME, "chosen": CLASSIFIER_POLICY, "oov_dropout": CLASSIFIER_DROPOUT,
-            "reason": fewer + f"a labelled corpus: only what it uses, fine-tuned with --oov-dropout {CLASSIFIER_DROPOUT}",
+        dropout, phrase = _dropout(CLASSIFIER_DROPOUT, dropout_given, "")
+        return CLASSIFIER_POLICY, dropout, {
+            "requested": NAME, "chosen": CLASSIFIER_POLICY, "oov_dropout": dropout,
+            "reason": fewer + f"a labelled corpus: only what it uses, {phrase}",
         }
     refusal = refusals[CANDIDATES[0]]
     policy, record = resolve_auto_oov({policy: predict_bytes(policy) for policy in CANDIDATES},
@@ -55,13 +58,20 @@ def choose(trains: bool, has_unk: bool, refusals: dict[str, object], predict_byt
     return policy, 0.0, {**record, "reason": fewer + record["reason"]}
 
 
-def tail_reason(trains: bool, tail_rows: int, prior_words: int | None = None, languages: tuple[str, ...] = (),
-                dropout: float = 0.0) -> str:
+def tail_reason(trains: bool, tail_rows: int, prior_words: int | None = None, languages: tuple[str, ...] = ()) -> str:
     exact = f"the corpus's {'fine-tuned ' if trains else ''}rows"
     if prior_words:
         exact += f" and those of the {prior_words:,} most frequent {'/'.join(languages)} words (most of any unseen text)"
-    regulariser = f"; fine-tuned with --oov-dropout {dropout} as a regulariser (this task's measured default)" if dropout else ""
-    return f"{exact} exact, the other {tail_rows:,} compressed: unseen text reads as in the full model (docs/oov.md){regulariser}"
+    return f"{exact} exact, the other {tail_rows:,} compressed: unseen text reads as in the full model (docs/oov.md)"
+
+
+def _dropout(own: float, given: float | None, why: str) -> tuple[float, str]:
+    """(the word dropout training gets, how the reason says it): auto's own rate, or the user's --oov-dropout."""
+    if given is None:
+        return own, f"fine-tuned with --oov-dropout {own}" + (f" {why}" if why else "") if own else ""
+    if given == own:
+        return given, f"fine-tuned with --oov-dropout {given} (given; auto's own rate too)"
+    return given, f"fine-tuned with --oov-dropout {given} (given, in place of auto's {own})"
 
 
 def resolve_auto_oov(predicted: dict[str, int], unavailable: str | None = None) -> tuple[str, dict]:
