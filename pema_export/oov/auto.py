@@ -68,7 +68,9 @@ def tail_reason(trains: bool, tail_rows: int, prior_words: int | None = None, la
 def _dropout(own: float, given: float | None, why: str) -> tuple[float, str]:
     """(the word dropout training gets, how the reason says it): auto's own rate, or the user's --oov-dropout."""
     if given is None:
-        return own, f"fine-tuned with --oov-dropout {own}" + (f" {why}" if why else "") if own else ""
+        if not own:
+            return 0.0, ""
+        return own, f"fine-tuned with --oov-dropout {own}" + (f" {why}" if why else "")
     if given == own:
         return given, f"fine-tuned with --oov-dropout {given} (given; auto's own rate too)"
     return given, f"fine-tuned with --oov-dropout {given} (given, in place of auto's {own})"
