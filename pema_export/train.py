@@ -160,7 +160,14 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
     replicas.check_same("training texts, labels or model", _fingerprint(model, train_set, eval_set))
     word_rng = random.Random(options.seed)
     torch.manual_seed(options.seed)
-    trained = replicas.wrap(model)
+    try:
+        trained = replicas.wrap(model)
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        raise DeviceError(f"{placement.device} ran out of memory taking the model itself ({size / 1e6:,.1f} MB of weights) "
+                          "before any training step: use a device with more memory, or --device cpu; nothing was written") from exc
     optimizer = torch.optim.AdamW(_parameter_groups(model, options.weight_decay), lr=options.lr)
     scaler = placement.grad_scaler()
     steps_per_epoch = math.ceil(len(train_set) / options.batch_size)
@@ -205,8 +212,7 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
             report.eval_figures = score.figures
         replicas.finish()
     except RuntimeError as exc:
-        # out of memory (CUDA's torch.OutOfMemoryError; the CPU allocator's plain RuntimeError): the batch, not a bug
-        if isinstance(exc, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(exc):
+        if _is_out_of_memory(exc):  # the batch, not a bug
             raise _out_of_memory(placement, options, train_set) from exc
         if replicas.processes.count == 1:
             raise
@@ -214,6 +220,11 @@ def fine_tune(model: nn.Module, train_set: EncodedSet, eval_set: EncodedSet, pad
     report.seconds = time.perf_counter() - started
     model.eval()
     return report
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    """CUDA's torch.OutOfMemoryError, or the CPU allocator's plain RuntimeError."""
+    return isinstance(exc, torch.OutOfMemoryError) or "DefaultCPUAllocator: can't allocate memory" in str(exc)
 
 
 def _out_of_memory(placement: Placement, options: TrainOptions, train_set: EncodedSet) -> DeviceError:

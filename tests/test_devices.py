@@ -110,6 +110,13 @@ def test_training_out_of_memory_is_one_line_that_says_what_to_lower(monkeypatch,
                                                      "up to "), err
     assert err.endswith(" tokens in fp32: lower --batch-size or --max-length; nothing was written\n")
     assert not (tmp_path / "b").exists()
+    # the model itself does not fit: smaller batches would not help, and the line does not say they would
+    monkeypatch.setattr(train.Replicas, "wrap", no_memory)
+    assert main(["--model", str(tiny_bert), "--corpus", str(labelled_corpus), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pema-export: error: cpu ran out of memory taking the model itself ("), err
+    assert err.endswith(" MB of weights) before any training step: use a device with more memory, or --device cpu; "
+                        "nothing was written\n") and not (tmp_path / "b").exists()
     # a GPU in fp32 is also told about bf16
     gpu = Placement(torch.device("cuda", 0), "--device cuda", "fp32")
     assert str(train._out_of_memory(gpu, TrainOptions(), train.EncodedSet([[1, 2, 3]], [0]))) == (
