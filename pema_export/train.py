@@ -231,7 +231,7 @@ def _out_of_memory(placement: Placement, options: TrainOptions, train_set: Encod
     """Training did not fit the device's memory, as one line that says what to lower."""
     longest = max(map(len, train_set.input_ids), default=0)
     where = f"process {placement.processes.rank} of {placement.processes.count}, " if placement.processes.count > 1 else ""
-    cheaper = "" if placement.precision != "fp32" or placement.device.type == "cpu" else ", or train in --precision bf16"
+    cheaper = "" if placement.precision != "fp32" or placement.device.type == "cpu" else ", or train in --precision bf16 (or fp16)"
     return DeviceError(f"{where}{placement.device} ran out of memory training batches of {options.batch_size} texts of up to "
                        f"{longest} tokens in {placement.precision}: lower --batch-size or --max-length{cheaper}; nothing "
                        "was written")

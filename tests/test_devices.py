@@ -121,7 +121,7 @@ def test_training_out_of_memory_is_one_line_that_says_what_to_lower(monkeypatch,
     gpu = Placement(torch.device("cuda", 0), "--device cuda", "fp32")
     assert str(train._out_of_memory(gpu, TrainOptions(), train.EncodedSet([[1, 2, 3]], [0]))) == (
         "cuda:0 ran out of memory training batches of 16 texts of up to 3 tokens in fp32: lower --batch-size or "
-        "--max-length, or train in --precision bf16; nothing was written")
+        "--max-length, or train in --precision bf16 (or fp16); nothing was written")
 
 
 def test_accelerate_launch_precision_is_the_default_and_a_contradiction_is_refused():
