@@ -220,12 +220,6 @@ def lazy_training(monkeypatch, lazy_device):
     monkeypatch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", step_and_mark)
 
 
-def slot_corpus(tmp_path: Path, lines: int = 64) -> Path:
-    corpus = tmp_path / "slots.jsonl"
-    corpus.write_text("\n".join((REPO / "samples" / "slot_texts.jsonl").read_text(encoding="utf-8").splitlines()[:lines]) + "\n")
-    return corpus
-
-
 @pytest.mark.parametrize("task", ["text-classification", "token-classification"])
 def test_training_on_a_device_other_than_the_cpu_runs_every_step_there_and_trains_the_cpu_model(
         tmp_path, tiny_bert_without_dropout, labelled_corpus, lazy_training, task):
@@ -234,7 +228,7 @@ def test_training_on_a_device_other_than_the_cpu_runs_every_step_there_and_train
     dropout the two devices compute the same numbers, so the model must equal the one trained on the CPU."""
     from pema_export import pipeline
 
-    corpus = labelled_corpus if task == "text-classification" else slot_corpus(tmp_path)
+    corpus = labelled_corpus if task == "text-classification" else sample_head(tmp_path, "slot_texts.jsonl", 64)
     results = {}
     for device in ("cpu", "lazy"):
         options = pipeline.ExportOptions(corpus=[str(corpus)], out=str(tmp_path / device / "model.onnx"),
@@ -424,8 +418,7 @@ def test_cuda_training_exports_and_verifies(tmp_path, tiny_bert, labelled_corpus
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pytest -m gpu on a machine with one)")
 def test_cuda_token_classification_exports_and_verifies(tmp_path, tiny_bert):
-    corpus = tmp_path / "slots.jsonl"
-    corpus.write_text("\n".join((REPO / "samples" / "slot_texts.jsonl").read_text(encoding="utf-8").splitlines()[:64]) + "\n")
+    corpus = sample_head(tmp_path, "slot_texts.jsonl", 64)
     result = run_cli("--model", tiny_bert, "--corpus", corpus, "--out", tmp_path / "b" / "model.onnx", "--epochs", "1",
                      "--device", "cuda", "--precision", "bf16")
     assert result.returncode == 0, result.stderr

@@ -44,7 +44,7 @@ def choose(trains: bool, has_unk: bool, refusals: dict[str, object], predict_byt
         own = tail_dropout if trains and has_unk else 0.0
         dropout, phrase = _dropout(own, dropout_given if trains else None, "as a regulariser (this task's measured default)")
         record = {"requested": NAME, "chosen": PREFERRED, "reason": tail_reason(trains, tail_rows) + (f"; {phrase}" if phrase else "")}
-        return PREFERRED, dropout, {**record, "oov_dropout": dropout} if dropout or phrase else record
+        return PREFERRED, dropout, {**record, "oov_dropout": dropout} if phrase else record
     fewer = f"only {tail_rows} rows lie outside the corpus, too few for a compressed tail ({CENTROIDS} needed); "
     if trains and has_unk:
         dropout, phrase = _dropout(CLASSIFIER_DROPOUT, dropout_given, "")
