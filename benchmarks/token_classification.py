@@ -1,5 +1,5 @@
-"""Entity F1 on the sample slot corpus: full-vocabulary fine-tuning vs PEMA, each shipped fp32 and int8; bundle
-bytes against optimum's plain fp32 export.
+"""Entity F1 on a tagged corpus (default: the sample slot corpus; benchmarks/tagged_sets.py builds another):
+full-vocabulary fine-tuning vs PEMA, each shipped fp32 and int8; bundle bytes against optimum's plain fp32 export.
 
 Each row is a real export for the web target (it ships the fp32 graph and its int8 variant side by side), trained
 on --train and held out on --heldout (--eval). "pema" is the CLI's default (--oov auto: the compressed tail, word
