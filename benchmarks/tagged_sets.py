@@ -93,6 +93,7 @@ def build(out_dir: Path) -> dict:
         for clause in clauses(verse):
             if WORDS_MIN <= len(clause.split()) <= WORDS_MAX:
                 chapters.setdefault(chapter, []).append(clause)
+    spans = {clause: entities(clause, names) for texts in chapters.values() for clause in texts}
     rng = random.Random(SEED)
     order = sorted(chapters)
     rng.shuffle(order)
@@ -101,8 +102,8 @@ def build(out_dir: Path) -> dict:
     for part, size in (("train", TRAIN), ("test", TEST)):
         pool = sorted({c for ch, texts in chapters.items() if (ch in test_chapters) == (part == "test") for c in texts})
         rng.shuffle(pool)
-        named = [t for t in pool if entities(t, names)][: round(size * NAMED_SHARE)]
-        plain = [t for t in pool if not entities(t, names)][: size - len(named)]
+        named = [t for t in pool if spans[t]][: round(size * NAMED_SHARE)]
+        plain = [t for t in pool if not spans[t]][: size - len(named)]
         if len(named) + len(plain) < size:
             raise EvalSetError(f"kjv-names: only {len(named) + len(plain)} {part} clauses")
         rows = named + plain
@@ -115,10 +116,10 @@ def build(out_dir: Path) -> dict:
     record = {"names_known": len(names)}
     for part, rows in picked.items():
         path = folder / f"{part}.jsonl"
-        path.write_bytes("".join(json.dumps({"text": t, "entities": entities(t, names)}) + "\n" for t in rows).encode())
+        path.write_bytes("".join(json.dumps({"text": t, "entities": spans[t]}) + "\n" for t in rows).encode())
         record[part] = {"path": str(path), "texts": len(rows), "sha256": _sha256(path)}
     train_words = {m.group().lower() for t in picked["train"] for m in WORD.finditer(t)}
-    test_entities = [t[e["start"]:e["end"]] for t in picked["test"] for e in entities(t, names)]
+    test_entities = [t[e["start"]:e["end"]] for t in picked["test"] for e in spans[t]]
     record["test_entities"] = len(test_entities)
     record["test_entities_with_a_word_train_lacks"] = sum(
         any(w.lower() not in train_words for w in WORD.findall(e)) for e in test_entities)
